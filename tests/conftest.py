@@ -1,0 +1,107 @@
+"""Shared fixtures: a real Redis-compatible server for the session, fakeredis for fast
+storage tests, the app and its client, the offline model."""
+
+import re
+
+import fakeredis
+import pytest
+
+from webapp import create_app
+from webapp.conversations import Lifetimes
+from webapp.llm.offline import OfflineProvider
+from webapp.storage import connect
+from webapp.storage.embedded import EmbeddedRedis
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """The same embedded server users get, started once for the test session."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def real_redis(redis_server):
+    """A client of the session's real server, emptied after each test."""
+    client = connect(redis_server.url)
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture(params=["fakeredis", "real"])
+def redis(request):
+    """Storage tests run twice: on fakeredis (with Lua) and on the real server."""
+    if request.param == "fakeredis":
+        return fakeredis.FakeRedis(decode_responses=True)
+    return request.getfixturevalue("real_redis")
+
+
+@pytest.fixture
+def lifetimes():
+    return Lifetimes(session_idle=60, session_max=3600, transcript_retention=600)
+
+
+@pytest.fixture
+def llm():
+    return OfflineProvider()
+
+
+@pytest.fixture
+def app(real_redis, redis_server, tmp_path):
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test-secret",
+            "REDIS_URL": redis_server.url,
+            "SESSION_IDLE_SECONDS": 60,
+            "SESSION_MAX_SECONDS": 3600,
+            "TRANSCRIPT_RETENTION_SECONDS": 600,
+        }
+    )
+    app.instance_path = str(tmp_path)
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+MESSAGE_ID_FIELD = re.compile(r'name="message_id" value="([^"]+)"')
+
+
+class Chat:
+    """Acts as a user of the chat pages: reads the forms and posts them as a browser would."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def form_fields(self, path: str) -> dict:
+        html = self.client.get(path).text
+        return {
+            "csrf_token": CSRF_FIELD.search(html).group(1),
+            "message_id": MESSAGE_ID_FIELD.search(html).group(1),
+        }
+
+    def start(self, text: str):
+        """Start a conversation from the start page; returns the response (a redirect)."""
+        return self.client.post("/", data={**self.form_fields("/"), "text": text})
+
+    def start_conversation(self, text: str = "Hello there") -> str:
+        """Start a conversation and return its id."""
+        response = self.start(text)
+        assert response.status_code == 302, response.text
+        return response.location.rsplit("/", 1)[-1]
+
+    def send(self, conversation_id: str, text: str, **extra):
+        path = f"/c/{conversation_id}"
+        data = {**self.form_fields(path), "text": text, **extra}
+        return self.client.post(f"{path}/messages", data=data)
+
+
+@pytest.fixture
+def chat(client):
+    return Chat(client)

@@ -1,0 +1,42 @@
+"""Resume Chat: chat with Claude where no conversation is ever silently lost."""
+
+import atexit
+import os
+from pathlib import Path
+
+from flask import Flask
+
+from webapp import config, llm, rendering, security, storage
+from webapp.storage.embedded import EmbeddedRedis
+from webapp.views import chat, errors, ops
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+INSTANCE_PATH = Path(os.environ.get("FLASK_INSTANCE_PATH", PROJECT_ROOT / "instance"))
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app: settings, Redis, the model, security, blueprints."""
+    app = Flask(
+        __name__,
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+        instance_path=str(INSTANCE_PATH.resolve()),
+    )
+    config.load(app, test_config)
+    if not app.config["REDIS_URL"]:
+        app.config["REDIS_URL"] = start_embedded_redis(app.instance_path)
+    storage.init_app(app)
+    llm.init_app(app)
+    rendering.init_app(app)
+    security.init_app(app)
+    for blueprint in (chat.bp, ops.bp, errors.bp):
+        app.register_blueprint(blueprint)
+    return app
+
+
+def start_embedded_redis(instance_path: str) -> str:
+    """Start (or reuse) the embedded server that persists under the instance folder."""
+    server = EmbeddedRedis(Path(instance_path) / "redis")
+    url = server.start()
+    atexit.register(server.stop)
+    return url

@@ -1,0 +1,63 @@
+"""The ``resume-chat`` command: serve the app, sweep stale index entries."""
+
+import os
+
+import click
+from gunicorn.app.base import BaseApplication
+
+from webapp import INSTANCE_PATH, conversations, create_app, start_embedded_redis
+from webapp.storage import get_redis
+
+
+@click.group()
+def main() -> None:
+    """Resume Chat: chat with Claude where no conversation is ever silently lost."""
+
+
+class _Server(BaseApplication):
+    """Gunicorn with its settings from the command line, and an app made in each worker."""
+
+    def __init__(self, options: dict) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for name, value in self.options.items():
+            self.cfg.set(name, value)
+
+    def load(self):
+        return create_app()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, envvar="PORT", default=5000, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Processes.")
+@click.option("--threads", type=int, default=8, show_default=True, help="Threads per process.")
+def serve(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve the app with a production WSGI server (gunicorn, threaded workers)."""
+    if not os.environ.get("REDIS_URL"):
+        # Started once here, before the workers fork, so that they all share it.
+        os.environ["REDIS_URL"] = start_embedded_redis(str(INSTANCE_PATH))
+        click.echo(f"Embedded Redis at {os.environ['REDIS_URL']}, data in {INSTANCE_PATH}/redis")
+    click.echo(f"Resume Chat on http://{host}:{port}")
+    _Server(
+        {
+            "bind": f"{host}:{port}",
+            "workers": workers,
+            "threads": threads,
+            "worker_class": "gthread",
+            "accesslog": "-",
+            # Several instances may run on one machine; none needs the control socket.
+            "control_socket_disable": True,
+        }
+    ).run()
+
+
+@main.command()
+def sweep() -> None:
+    """Remove index entries whose conversation is gone (uses SCAN, never KEYS)."""
+    app = create_app()
+    with app.app_context():
+        removed = conversations.sweep_indexes(get_redis())
+    click.echo(f"Removed {removed} stale index entr{'y' if removed == 1 else 'ies'}.")

@@ -1,0 +1,70 @@
+"""Settings: defaults here, overridden by FLASK_-prefixed environment variables.
+
+The vendor settings keep their own names: REDIS_URL, ANTHROPIC_API_KEY,
+ANTHROPIC_BASE_URL. Every key of DEFAULTS is documented in the README.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+from flask import Flask
+
+DEFAULTS = {
+    # Signs cookies. Unset: a random key is made once and kept in the instance folder.
+    "SECRET_KEY": None,
+    # The working context slides forward on each action and dies after this much idleness...
+    "SESSION_IDLE_SECONDS": 1800,
+    # ...and at the latest this long after it began.
+    "SESSION_MAX_SECONDS": 86400,
+    # The transcript is kept this long after the last activity.
+    "TRANSCRIPT_RETENTION_SECONDS": 7 * 86400,
+    # The idle dialog opens this long before the session would expire.
+    "IDLE_WARNING_SECONDS": 300,
+    # A resume code is valid this long.
+    "RESUME_CODE_TTL_SECONDS": 48 * 3600,
+    "ANTHROPIC_MODEL": "claude-sonnet-4-5",
+    "SUMMARY_MODEL": "claude-haiku-4-5",
+    "ALLOW_GUESTS": True,
+    "ALLOW_REGISTRATION": True,
+    # The longest message a user may send, in characters.
+    "MAX_MESSAGE_CHARS": 16_000,
+    # The largest request body, in bytes.
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Messages per page of a transcript.
+    "PAGE_SIZE": 50,
+    # Vendor settings, read without the FLASK_ prefix.
+    "REDIS_URL": None,
+    "ANTHROPIC_API_KEY": None,
+    "ANTHROPIC_BASE_URL": None,
+}
+
+VENDOR_SETTINGS = ("REDIS_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
+
+
+def load(app: Flask, overrides: dict | None = None) -> None:
+    """Fill app.config from defaults, the environment, then ``overrides`` (tests)."""
+    app.config.from_mapping(DEFAULTS)
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the signed session cookie
+    )
+    app.config.from_prefixed_env()
+    for name in VENDOR_SETTINGS:
+        if os.environ.get(name):
+            app.config[name] = os.environ[name]
+    if overrides:
+        app.config.update(overrides)
+    if not app.config["SECRET_KEY"]:
+        app.config["SECRET_KEY"] = _instance_secret(Path(app.instance_path))
+
+
+def _instance_secret(instance: Path) -> str:
+    """A secret made once per instance folder, so cookies survive restarts."""
+    path = instance / "secret_key"
+    if not path.exists():
+        instance.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()

@@ -1,0 +1,250 @@
+"""Conversations: messages stored in Redis, with the session and transcript lifetimes.
+
+Functions take their Redis client (and provider) as arguments and know nothing of HTTP.
+"""
+
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import redis
+
+from webapp.llm import Provider
+from webapp.storage import keys
+from webapp.storage.scripts import APPEND_MESSAGE_AND_TOUCH, execute_pipeline
+
+DEDUPE_WINDOW = 128
+"""A message whose id is among this many newest messages is not stored again.
+
+Retries (a resent form, a replayed request after a dropped connection) arrive
+right after the original, so the window catches them at a constant cost and
+without a per-message id index, which would add about a tenth to the memory
+per message."""
+
+MESSAGE_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+TITLE_CHARS = 80
+
+
+class ConversationGone(LookupError):
+    """The conversation does not exist (never did, expired, or was cleared)."""
+
+
+class MessageRejected(ValueError):
+    """The user's text cannot be stored; the message says why, for the page."""
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """How long a session and a transcript live, in seconds."""
+
+    session_idle: int
+    session_max: int
+    transcript_retention: int
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    role: str
+    content: str
+    created_at: float
+
+    def to_json(self) -> str:
+        """Compact JSON that starts with the id, as the append script expects."""
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: str) -> "Message":
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: str
+    owner: str
+    title: str
+    message_count: int
+    created_at: float
+    updated_at: float
+
+
+def new_id() -> str:
+    """An unguessable id (128 bits) for a conversation or a message."""
+    return secrets.token_urlsafe(16)
+
+
+def make_title(text: str) -> str:
+    """The first user message, on one line and shortened."""
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1] + "…"
+
+
+def validate_user_text(text: str, max_chars: int) -> str:
+    """The text to store, or MessageRejected with a reason a user can act on."""
+    text = text.strip()
+    if not text:
+        raise MessageRejected("Type a message before sending.")
+    if len(text) > max_chars:
+        raise MessageRejected(
+            f"That message is {len(text):,} characters long; the limit is {max_chars:,}. "
+            "Shorten it or split it into parts."
+        )
+    return text
+
+
+def create_conversation(r: redis.Redis, owner: str, lifetimes: Lifetimes) -> str:
+    """Create an empty conversation for ``owner`` and list it in the owner's index."""
+    conversation_id = new_id()
+    now = time.time()
+    meta = keys.conversation_meta(conversation_id)
+    index = keys.owner_conversations(owner)
+
+    def queue(pipe):
+        pipe.hset(meta, mapping={"owner": owner, "created_at": now, "updated_at": now})
+        pipe.expire(meta, lifetimes.transcript_retention)
+        pipe.zadd(index, {conversation_id: now})
+        pipe.expire(index, lifetimes.transcript_retention)
+
+    execute_pipeline(r, queue)
+    return conversation_id
+
+
+def append_message_and_touch(
+    r: redis.Redis, conversation_id: str, owner: str, message: Message, lifetimes: Lifetimes
+) -> bool:
+    """Append ``message`` once and slide every TTL of the conversation, in one round trip.
+
+    Returns False when a message with the same id was already stored.
+    """
+    if not MESSAGE_ID.match(message.id):
+        raise ValueError(f"malformed message id {message.id!r}")
+    title = make_title(message.content) if message.role == "user" else ""
+    index = keys.owner_conversations(owner)
+
+    def queue(pipe):
+        APPEND_MESSAGE_AND_TOUCH.queue(
+            pipe,
+            keys.conversation_keys(conversation_id),
+            [
+                message.id,
+                message.to_json(),
+                title,
+                lifetimes.session_idle,
+                lifetimes.session_max,
+                lifetimes.transcript_retention,
+                DEDUPE_WINDOW,
+            ],
+        )
+        pipe.zadd(index, {conversation_id: time.time()}, xx=True)
+        pipe.expire(index, lifetimes.transcript_retention)
+
+    try:
+        (stored, _count), *_ = execute_pipeline(r, queue)
+    except redis.exceptions.ResponseError as error:
+        if str(error).startswith("GONE"):
+            raise ConversationGone(conversation_id) from error
+        raise
+    return bool(stored)
+
+
+def get_conversation(r: redis.Redis, conversation_id: str) -> Conversation | None:
+    """The conversation's summary fields, or None if it is gone."""
+    meta = r.hgetall(keys.conversation_meta(conversation_id))
+    return _conversation(conversation_id, meta) if meta else None
+
+
+def _conversation(conversation_id: str, meta: dict) -> Conversation:
+    return Conversation(
+        id=conversation_id,
+        owner=meta["owner"],
+        title=meta.get("title", ""),
+        message_count=int(meta.get("message_count", 0)),
+        created_at=float(meta["created_at"]),
+        updated_at=float(meta["updated_at"]),
+    )
+
+
+def read_messages(r: redis.Redis, conversation_id: str, start: int = 0, stop: int = -1):
+    """Messages ``start`` to ``stop`` (inclusive, LRANGE indices), oldest first."""
+    raw = r.lrange(keys.conversation_messages(conversation_id), start, stop)
+    return [Message.from_json(item) for item in raw]
+
+
+def read_page(
+    r: redis.Redis, conversation: Conversation, page_size: int, before: int | None = None
+) -> tuple[int, list[Message]]:
+    """The ``page_size`` messages before index ``before`` (default: the newest), with the
+    index of the first one."""
+    count = conversation.message_count
+    end = count if before is None else max(0, min(before, count))
+    start = max(0, end - page_size)
+    if end == start:
+        return start, []
+    return start, read_messages(r, conversation.id, start, end - 1)
+
+
+def list_conversations(r: redis.Redis, owner: str, limit: int = 100) -> list[Conversation]:
+    """The owner's conversations, most recently active first; entries that are gone are skipped."""
+    ids = r.zrevrange(keys.owner_conversations(owner), 0, limit - 1)
+    pipe = r.pipeline(transaction=False)
+    for conversation_id in ids:
+        pipe.hgetall(keys.conversation_meta(conversation_id))
+    return [
+        _conversation(conversation_id, meta)
+        for conversation_id, meta in zip(ids, pipe.execute(), strict=True)
+        if meta
+    ]
+
+
+def send_message(
+    r: redis.Redis,
+    provider: Provider,
+    conversation_id: str,
+    owner: str,
+    message: Message,
+    lifetimes: Lifetimes,
+) -> None:
+    """Store the user's message and, unless it was a repeat, the model's reply to it."""
+    if not append_message_and_touch(r, conversation_id, owner, message, lifetimes):
+        return
+    turns = read_messages(r, conversation_id)
+    reply = Message(
+        id=f"{message.id}-reply"[:64],
+        role="assistant",
+        content="".join(provider.stream_reply(turns)),
+        created_at=time.time(),
+    )
+    append_message_and_touch(r, conversation_id, owner, reply, lifetimes)
+
+
+def sweep_indexes(r: redis.Redis, batch: int = 500) -> int:
+    """Remove index entries whose conversation is gone (SCAN, never KEYS). Returns how many."""
+    removed = 0
+    for index in r.scan_iter(match=keys.OWNER_CONVERSATIONS_PATTERN, count=batch, _type="zset"):
+        removed += _sweep_index(r, index, batch)
+    return removed
+
+
+def _sweep_index(r: redis.Redis, index: str, batch: int) -> int:
+    removed = 0
+    cursor = 0
+    while True:
+        cursor, entries = r.zscan(index, cursor, count=batch)
+        ids = [conversation_id for conversation_id, _score in entries]
+        removed += _remove_missing(r, index, ids)
+        if cursor == 0:
+            return removed
+
+
+def _remove_missing(r: redis.Redis, index: str, ids: Iterable[str]) -> int:
+    ids = list(ids)
+    if not ids:
+        return 0
+    pipe = r.pipeline(transaction=False)
+    for conversation_id in ids:
+        pipe.exists(keys.conversation_meta(conversation_id))
+    missing = [cid for cid, exists in zip(ids, pipe.execute(), strict=True) if not exists]
+    return r.zrem(index, *missing) if missing else 0

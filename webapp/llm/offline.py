@@ -1,0 +1,67 @@
+"""The offline model: a deterministic local responder and an extractive summariser."""
+
+import re
+from collections.abc import Iterator, Sequence
+
+from webapp.llm import Turn
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+SUMMARY_SENTENCES_PER_TURN = 1
+SUMMARY_MAX_CHARS = 2000
+
+
+def _first_sentence(text: str, limit: int = 200) -> str:
+    sentence = SENTENCE_END.split(text.strip(), maxsplit=1)[0]
+    return sentence if len(sentence) <= limit else sentence[: limit - 1] + "…"
+
+
+class OfflineProvider:
+    """Answers with reference to what the user said; needs no network."""
+
+    name = "offline model"
+
+    def __init__(self, chunk_words: int = 3) -> None:
+        self.chunk_words = chunk_words
+
+    def reply_text(self, turns: Sequence[Turn]) -> str:
+        """The whole reply the stream is cut from."""
+        user_turns = [t.content for t in turns if t.role == "user"]
+        if not user_turns:
+            return "I'm the offline model. Ask me anything."
+        latest = _first_sentence(user_turns[-1])
+        lines = [f"You said: “{latest}”", ""]
+        if len(user_turns) > 1:
+            lines.append(
+                f"This is message {len(user_turns)} of our conversation. "
+                f"You started with: “{_first_sentence(user_turns[0], 120)}”"
+            )
+        else:
+            lines.append("This is the start of our conversation.")
+        lines += [
+            "",
+            "I'm the **offline model**: a local stand-in that repeats what it was told, "
+            "so the app works without a network. Set `ANTHROPIC_API_KEY` to talk to Claude.",
+        ]
+        return "\n".join(lines)
+
+    def stream_reply(self, turns: Sequence[Turn]) -> Iterator[str]:
+        words = re.split(r"(\s+)", self.reply_text(turns))
+        step = self.chunk_words * 2
+        for start in range(0, len(words), step):
+            yield "".join(words[start : start + step])
+
+    def summarise(self, turns: Sequence[Turn]) -> str:
+        """An extractive summary: the goal, then the first sentence of each later turn."""
+        user_turns = [t for t in turns if t.role == "user"]
+        if not user_turns:
+            return "Nothing was discussed yet."
+        lines = [f"Goal: {_first_sentence(user_turns[0].content)}"]
+        for turn in turns[turns.index(user_turns[0]) + 1 :]:
+            speaker = "User" if turn.role == "user" else "Assistant"
+            lines.append(f"- {speaker}: {_first_sentence(turn.content)}")
+        summary = "\n".join(lines)
+        if len(summary) > SUMMARY_MAX_CHARS:
+            # Keep the goal and the most recent points, which matter most for carrying on.
+            head, tail = lines[0], "\n".join(lines[1:])[-(SUMMARY_MAX_CHARS - len(lines[0])) :]
+            summary = head + "\n…" + tail[tail.find("\n") :]
+        return summary

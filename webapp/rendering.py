@@ -1,0 +1,43 @@
+"""Markdown for replies: rendered with raw HTML off, then sanitised."""
+
+from datetime import UTC, datetime
+
+import nh3
+from flask import Flask
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+
+_markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+ALLOWED_TAGS = {
+    "p", "br", "hr", "em", "strong", "code", "pre", "blockquote", "a",
+    "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6",
+    "table", "thead", "tbody", "tr", "th", "td", "del",
+}  # fmt: skip
+ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "ol": {"start"}, "th": {"align"}, "td": {"align"}}
+
+
+def markdown_to_html(text: str) -> Markup:
+    """Safe HTML for model text: no raw HTML, images, scripts or event handlers."""
+    html = _markdown.render(text)
+    return Markup(  # noqa: S704 (sanitised by nh3 just above)
+        nh3.clean(
+            html,
+            tags=ALLOWED_TAGS,
+            attributes=ALLOWED_ATTRIBUTES,
+            url_schemes={"http", "https", "mailto"},
+            link_rel="noopener noreferrer nofollow",
+        )
+    )
+
+
+def format_time(timestamp: float) -> str:
+    """A UTC timestamp as a short, unambiguous date and time."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def init_app(app: Flask) -> None:
+    """Template filters for Markdown and times, and the model's name in every page."""
+    app.add_template_filter(markdown_to_html, "markdown")
+    app.add_template_filter(format_time, "time")
+    app.context_processor(lambda: {"model_name": app.extensions["llm"].name})

@@ -1,0 +1,56 @@
+"""Friendly pages for every error a user can meet."""
+
+import logging
+
+import redis
+from flask import Blueprint, render_template
+from flask_wtf.csrf import CSRFError
+
+bp = Blueprint("errors", __name__)
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 5
+
+
+def _page(status: int, title: str, text: str):
+    return render_template("errors/error.html", title=title, text=text), status
+
+
+@bp.app_errorhandler(404)
+def not_found(_error):
+    return _page(
+        404,
+        "I couldn't find that conversation",
+        "It may have expired, been cleared, or belong to another browser.",
+    )
+
+
+@bp.app_errorhandler(CSRFError)
+def csrf_failed(_error):
+    return _page(
+        400,
+        "That form had expired",
+        "Nothing was saved. Go back, reload the page and send it again.",
+    )
+
+
+@bp.app_errorhandler(413)
+def too_large(_error):
+    return _page(
+        413,
+        "That was too much to send at once",
+        "Nothing was saved. Shorten the message and send it again.",
+    )
+
+
+@bp.app_errorhandler(redis.exceptions.ConnectionError)
+@bp.app_errorhandler(redis.exceptions.TimeoutError)
+def storage_unavailable(error):
+    log.warning("Redis unavailable: %s", error)
+    body, status = _page(
+        503,
+        "We'll be right back",
+        "Conversations are stored safely, but we can't reach them for a moment. "
+        "Try again in a few seconds.",
+    )
+    return body, status, {"Retry-After": str(RETRY_AFTER_SECONDS)}
