@@ -105,3 +105,9 @@ class Chat:
 @pytest.fixture
 def chat(client):
     return Chat(client)
+
+
+@pytest.fixture
+def chat_factory():
+    """Make a Chat for an app of the test's own."""
+    return lambda app: Chat(app.test_client())

@@ -14,7 +14,7 @@ import redis
 
 from webapp.llm import Provider
 from webapp.storage import keys
-from webapp.storage.scripts import APPEND_MESSAGE_AND_TOUCH, execute_pipeline
+from webapp.storage.scripts import APPEND_MESSAGE_AND_TOUCH, CONVERSATION_GONE, execute_pipeline
 
 DEDUPE_WINDOW = 128
 """A message whose id is among this many newest messages is not stored again.
@@ -144,7 +144,8 @@ def append_message_and_touch(
     try:
         (stored, _count), *_ = execute_pipeline(r, queue)
     except redis.exceptions.ResponseError as error:
-        if str(error).startswith("GONE"):
+        # redis-py prefixes errors inside a pipeline with the command's position.
+        if str(error).endswith(CONVERSATION_GONE):
             raise ConversationGone(conversation_id) from error
         raise
     return bool(stored)

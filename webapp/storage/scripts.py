@@ -23,6 +23,9 @@ class AtomicScript:
         pipe.evalsha(self.sha, len(keys), *keys, *args)
 
 
+CONVERSATION_GONE = "GONE conversation does not exist"
+"""The error a script answers with when the conversation's meta hash is missing."""
+
 APPEND_MESSAGE_AND_TOUCH = AtomicScript(
     """
 -- Appends one message unless its id is among the newest ones, and slides every
@@ -35,7 +38,7 @@ APPEND_MESSAGE_AND_TOUCH = AtomicScript(
 -- Returns {1 if stored else 0, message count}; error GONE if the conversation does not exist.
 local now = tonumber(redis.call('TIME')[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('GONE conversation does not exist')
+  return redis.error_reply('CONVERSATION_GONE')
 end
 local prefix = '{"id":"' .. ARGV[1] .. '",'
 for _, entry in ipairs(redis.call('LRANGE', KEYS[2], -tonumber(ARGV[7]), -1)) do
@@ -59,7 +62,7 @@ redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 return {1, count}
-"""
+""".replace("CONVERSATION_GONE", CONVERSATION_GONE)
 )
 
 ALL_SCRIPTS = (APPEND_MESSAGE_AND_TOUCH,)

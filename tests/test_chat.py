@@ -1,0 +1,184 @@
+"""The chat pages over HTTP: sending, reading, paging, and every bad input."""
+
+from html import unescape
+
+import pytest
+
+from webapp import conversations
+from webapp.storage import keys
+
+
+def stored_messages(real_redis, conversation_id):
+    return conversations.read_messages(real_redis, conversation_id)
+
+
+def test_start_page_offers_a_new_chat_and_names_the_offline_model(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "Start a new chat" in page.text
+    assert "offline model" in page.text
+    assert "None yet" in page.text
+
+
+def test_first_message_starts_a_conversation_with_a_reply(chat, client, real_redis):
+    response = chat.start("How do I keep a sourdough starter alive?")
+    assert response.status_code == 302
+    conversation_id = response.location.rsplit("/", 1)[-1]
+    page = client.get(response.location)
+    assert page.status_code == 200
+    assert "How do I keep a sourdough starter alive?" in page.text
+    assert "You said:" in page.text
+    assert [m.role for m in stored_messages(real_redis, conversation_id)] == ["user", "assistant"]
+
+
+def test_sending_in_a_conversation_stores_message_and_reply(chat, client, real_redis):
+    conversation_id = chat.start_conversation("First question")
+    response = chat.send(conversation_id, "Second question")
+    assert response.status_code == 302
+    assert response.location.endswith(f"/c/{conversation_id}#latest")
+    stored = stored_messages(real_redis, conversation_id)
+    assert [m.content for m in stored if m.role == "user"] == ["First question", "Second question"]
+    assert "This is message 2 of our conversation" in stored[-1].content
+
+
+def test_a_resubmitted_form_is_stored_once(chat, client, real_redis):
+    conversation_id = chat.start_conversation()
+    fields = chat.form_fields(f"/c/{conversation_id}")
+    for _ in range(2):
+        client.post(f"/c/{conversation_id}/messages", data={**fields, "text": "Only once please"})
+    assert [m.content for m in stored_messages(real_redis, conversation_id)].count(
+        "Only once please"
+    ) == 1
+    assert len(stored_messages(real_redis, conversation_id)) == 4
+
+
+def test_user_text_is_escaped_and_replies_are_sanitised(chat, client):
+    conversation_id = chat.start_conversation(
+        '<script>alert("x")</script> <img src=x onerror=alert(1)>'
+    )
+    page = client.get(f"/c/{conversation_id}").text
+    assert "<script>alert" not in page
+    assert "<img" not in page
+    assert "&lt;script&gt;alert" in page
+
+
+@pytest.mark.parametrize("text", ["", "   \n  "])
+def test_empty_message_is_refused_and_nothing_stored(chat, client, real_redis, text):
+    response = chat.start(text)
+    assert response.status_code == 400
+    assert "Type a message before sending." in response.text
+    assert real_redis.dbsize() == 0
+
+
+def test_oversized_message_is_refused_with_the_text_kept(chat, client, real_redis):
+    conversation_id = chat.start_conversation()
+    before = stored_messages(real_redis, conversation_id)
+    too_long = "y" * 16_001
+    response = chat.send(conversation_id, too_long)
+    assert response.status_code == 400
+    assert "the limit is 16,000" in response.text
+    assert too_long in response.text  # the draft is not lost
+    assert stored_messages(real_redis, conversation_id) == before
+
+
+def test_a_message_at_the_limit_is_accepted(chat, real_redis):
+    conversation_id = chat.start_conversation()
+    assert chat.send(conversation_id, "z" * 16_000).status_code == 302
+    assert stored_messages(real_redis, conversation_id)[2].content == "z" * 16_000
+
+
+def test_a_body_over_64_kib_gets_a_clear_413(chat, client, real_redis):
+    conversation_id = chat.start_conversation()
+    before = stored_messages(real_redis, conversation_id)
+    response = chat.send(conversation_id, "w" * 70_000)
+    assert response.status_code == 413
+    assert "too much to send" in response.text
+    assert stored_messages(real_redis, conversation_id) == before
+
+
+def post_routes(app):
+    return [rule for rule in app.url_map.iter_rules() if "POST" in rule.methods]
+
+
+def test_every_post_route_without_csrf_token_gets_400_and_changes_nothing(
+    app, chat, client, real_redis
+):
+    conversation_id = chat.start_conversation()
+    snapshot = {key: real_redis.dump(key) for key in real_redis.scan_iter()}
+    routes = post_routes(app)
+    assert routes, "the app has POST routes"
+    for rule in routes:
+        path = rule.build({"conversation_id": conversation_id})[1]
+        response = client.post(path, data={"text": "sneaky", "message_id": "abcdefgh1234"})
+        assert response.status_code == 400, path
+        assert "That form had expired" in response.text
+    assert {key: real_redis.dump(key) for key in real_redis.scan_iter()} == snapshot
+
+
+def test_unknown_conversation_is_a_friendly_404(client):
+    response = client.get("/c/does-not-exist")
+    assert response.status_code == 404
+    assert "I couldn't find that conversation" in unescape(response.text)
+
+
+def test_another_browsers_conversation_is_a_404(app, chat, chat_factory, real_redis):
+    conversation_id = chat.start_conversation("private thoughts")
+    stranger = chat_factory(app)
+    page = stranger.client.get(f"/c/{conversation_id}")
+    assert page.status_code == 404
+    assert "private thoughts" not in page.text
+    fields = stranger.form_fields("/")
+    post = stranger.client.post(
+        f"/c/{conversation_id}/messages", data={**fields, "text": "let me in"}
+    )
+    assert post.status_code == 404
+    assert len(stored_messages(real_redis, conversation_id)) == 2
+
+
+def test_conversation_page_shows_newest_50_with_a_link_to_earlier(chat, client, real_redis):
+    conversation_id = chat.start_conversation("message number 0")
+    for i in range(1, 30):
+        chat.send(conversation_id, f"message number {i}")
+    page = client.get(f"/c/{conversation_id}").text
+    assert page.count('class="message ') == 50
+    assert "message number 4<" not in page
+    assert "message number 5<" in page
+    assert f"/c/{conversation_id}?before=10" in page
+    earlier = client.get(f"/c/{conversation_id}?before=10").text
+    assert earlier.count('class="message ') == 10
+    assert "message number 0<" in earlier
+    assert "Back to the latest messages" in earlier
+
+
+def test_start_page_lists_this_browsers_conversations(chat, client):
+    chat.start_conversation("Plan a trip to Lisbon in spring")
+    page = client.get("/").text
+    assert "Plan a trip to Lisbon in spring" in page
+    assert "2 messages" in page
+
+
+def test_a_conversation_gone_from_redis_is_a_404_not_an_error(chat, client, real_redis):
+    conversation_id = chat.start_conversation()
+    real_redis.delete(*keys.conversation_keys(conversation_id))
+    assert client.get(f"/c/{conversation_id}").status_code == 404
+    assert chat.client.get("/").status_code == 200
+
+
+def test_pages_carry_the_security_headers(client):
+    response = client.get("/")
+    policy = response.headers["Content-Security-Policy"]
+    for directive in (
+        "default-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+    ):
+        assert directive in policy
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_guest_cookie_is_httponly_and_samesite_lax(client):
+    response = client.get("/")
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
