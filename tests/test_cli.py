@@ -1,25 +1,18 @@
 """The resume-chat command: sweep, and serve as `make run` uses it."""
 
 import http.cookiejar
-import os
 import re
 import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 import redis
 from click.testing import CliRunner
 
+from tests.app_server import AppServer
 from webapp import cli, conversations
 from webapp.storage import connect, keys
-
-RESUME_CHAT = str(Path(sys.executable).with_name("resume-chat"))
 
 
 def test_sweep_reports_what_it_removed(monkeypatch, redis_server, real_redis, lifetimes):
@@ -32,12 +25,6 @@ def test_sweep_reports_what_it_removed(monkeypatch, redis_server, real_redis, li
     assert result.exit_code == 0, result.output
     assert "Removed 1 stale index entry." in result.output
     assert real_redis.zrange(keys.owner_conversations("guest:a"), 0, -1) == [kept]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Browser:
@@ -54,6 +41,7 @@ class Browser:
             return response.read().decode()
 
     def post_form(self, path: str, text: str) -> str:
+        """Fill the page's message form with ``text``, send it, and return where it landed."""
         page = self.get(path)
         fields = dict(re.findall(r'name="(csrf_token|message_id)" value="([^"]+)"', page))
         data = urllib.parse.urlencode({**fields, "text": text}).encode()
@@ -62,60 +50,29 @@ class Browser:
             return response.geturl()
 
 
-def start_serving(instance: Path, port: int) -> subprocess.Popen:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key != "REDIS_URL" and not key.startswith("FLASK_")
-    }
-    env.update(PORT=str(port), FLASK_INSTANCE_PATH=str(instance))
-    process = subprocess.Popen(
-        [RESUME_CHAT, "serve", "--workers", "2", "--threads", "2"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).close()
-            return process
-        except OSError:
-            if process.poll() is not None:
-                break
-            time.sleep(0.1)
-    process.kill()
-    pytest.fail(f"resume-chat serve did not come up:\n{process.communicate()[0]}")
-
-
-def stop_with_ctrl_c(process: subprocess.Popen) -> str:
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=30)
-    return output
-
-
 def test_serve_with_embedded_redis_keeps_conversations_across_restarts(tmp_path):
-    port = free_port()
-    browser = Browser(f"http://127.0.0.1:{port}")
-    server = start_serving(tmp_path, port)
+    """What `make run` promises: no REDIS_URL, several workers, Ctrl-C stops everything,
+    and serving again shows the same conversations."""
+    server = AppServer(None, tmp_path, tmp_path / "app.log", workers=2)
+    browser = Browser(server.url)
+    server.start()
     try:
         landed = [browser.post_form("/", f"Question number {i}") for i in range(6)]
         assert all("/c/" in url for url in landed)
         embedded = connect(f"redis://127.0.0.1:{(tmp_path / 'redis' / 'port').read_text()}/0")
         assert embedded.ping()
     finally:
-        output = stop_with_ctrl_c(server)
-    assert server.returncode == 0, output
+        status = server.stop(signal.SIGINT)
+    assert status == 0, server.output()
     with pytest.raises(redis.exceptions.ConnectionError):
         embedded.ping()
     assert (tmp_path / "redis" / "appendonlydir").is_dir()
 
-    server = start_serving(tmp_path, port)
+    server.start()
     try:
         listing = browser.get("/")
         for i in range(6):
             assert f"Question number {i}" in listing
         assert "You said:" in browser.get(urllib.parse.urlparse(landed[0]).path)
     finally:
-        stop_with_ctrl_c(server)
+        server.stop(signal.SIGINT)

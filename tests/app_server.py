@@ -1,0 +1,143 @@
+"""``resume-chat serve`` as a child process, for tests that need the real server."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from webapp.storage.embedded import free_port
+
+TEST_SECRET_KEY = "test-secret-key"
+START_TIMEOUT_SECONDS = 20
+STOP_TIMEOUT_SECONDS = 15
+
+
+class AppServer:
+    """``resume-chat serve`` as a child process; stop and start it again on the same port."""
+
+    def __init__(
+        self, redis_url: str | None, instance_path: Path, log_path: Path, workers: int = 1
+    ) -> None:
+        """With ``redis_url`` None the app starts its embedded server under ``instance_path``."""
+        self.redis_url = redis_url
+        self.instance_path = instance_path
+        self.log_path = log_path
+        self.workers = workers
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _environment(self) -> dict:
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            # Nothing from the caller's shell may change the app's settings or pick a model.
+            if not name.startswith(("FLASK_", "ANTHROPIC_")) and name not in ("REDIS_URL", "PORT")
+        }
+        env.update(
+            FLASK_SECRET_KEY=TEST_SECRET_KEY,
+            FLASK_INSTANCE_PATH=str(self.instance_path),
+            PYTHONUNBUFFERED="1",
+        )
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
+        return env
+
+    def start(self) -> None:
+        """Start the app and return once GET /healthz answers 200."""
+        if self.running:
+            raise RuntimeError("the app is already running")
+        executable = Path(sys.executable).with_name("resume-chat")
+        if not executable.exists():
+            pytest.fail(f"{executable} is missing: install the project with `make test`")
+        self.starts += 1
+        with self.log_path.open("a") as log:
+            log.write(f"\n===== start #{self.starts} on port {self.port} =====\n")
+            log.flush()
+            self.process = subprocess.Popen(
+                [
+                    str(executable), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                    "--workers", str(self.workers), "--threads", "4",
+                ],
+                env=self._environment(),
+                cwd=self.instance_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own process group, so that teardown can end the master and its workers.
+                start_new_session=True,
+            )  # fmt: skip
+        self._wait_until_healthy()
+
+    def _wait_until_healthy(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        last_error = "no answer yet"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"the app exited with status {self.process.returncode} while starting:\n"
+                    + self.output()
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+                    last_error = f"HTTP {response.status}"
+            except (urllib.error.URLError, OSError) as error:
+                last_error = str(error)
+            time.sleep(0.05)
+        self.kill()
+        pytest.fail(
+            f"the app did not answer {self.url}/healthz within {START_TIMEOUT_SECONDS} s "
+            f"(last: {last_error}); its output:\n{self.output()}"
+        )
+
+    def stop(self, signal_number: int = signal.SIGTERM) -> int:
+        """SIGTERM (as a process manager would) or SIGINT (Ctrl-C); wait for a graceful exit
+        and return the exit status."""
+        if not self.running:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal_number)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(
+                f"the app did not stop within {STOP_TIMEOUT_SECONDS} s of SIGTERM; "
+                f"its output:\n{self.output()}"
+            )
+        return self.process.returncode
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def kill(self) -> None:
+        """SIGKILL the app's process group (the gunicorn master and its workers)."""
+        # Only while the master is not yet reaped: its id (and group) cannot belong to another.
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def output(self) -> str:
+        """What the app printed so far (all starts), for failure messages."""
+        try:
+            return self.log_path.read_text(errors="replace")[-20_000:]
+        except FileNotFoundError:
+            return "(no output)"
