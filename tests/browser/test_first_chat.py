@@ -36,6 +36,17 @@ def expect_conversation(page: Page, *questions: str) -> None:
         expect_exchange(page, number, question)
 
 
+def send_follow_up(page: Page, conversation_url: str) -> None:
+    """Send the follow-up and see it answered, at the latest message of the same conversation."""
+    send(page, FOLLOW_UP)
+    expect(page).to_have_url(re.compile(r"#latest$"))
+    assert page.url.split("#")[0] == conversation_url
+    expect_conversation(page, QUESTION, FOLLOW_UP)
+    expect(page.locator("article.message.assistant .text").last).to_contain_text(
+        "This is message 2 of our conversation."
+    )
+
+
 def test_first_chat(app_server, page, screenshot):
     page.goto(f"{app_server.url}/")
     expect(page.locator(".site-header .model")).to_have_text("offline model")
@@ -69,13 +80,7 @@ def test_first_chat(app_server, page, screenshot):
     expect_conversation(page, QUESTION)
 
     # The form of the page loaded after the restart still carries a valid CSRF token.
-    send(page, FOLLOW_UP)
-    expect(page).to_have_url(re.compile(r"/c/[A-Za-z0-9_-]+#latest$"))
-    assert page.url.split("#")[0] == conversation_url
-    expect_conversation(page, QUESTION, FOLLOW_UP)
-    expect(page.locator("article.message.assistant .text").last).to_contain_text(
-        "This is message 2 of our conversation."
-    )
+    send_follow_up(page, conversation_url)
     screenshot(page, "first-chat-follow-up")
 
     page.goto(f"{app_server.url}/")
@@ -94,11 +99,5 @@ def test_first_chat_without_javascript(app_server, new_context, screenshot):
     conversation_url = page.url
     expect_conversation(page, QUESTION)
 
-    send(page, FOLLOW_UP)
-    expect(page).to_have_url(re.compile(r"#latest$"))
-    assert page.url.split("#")[0] == conversation_url
-    expect_conversation(page, QUESTION, FOLLOW_UP)
-    expect(page.locator("article.message.assistant .text").last).to_contain_text(
-        "This is message 2 of our conversation."
-    )
+    send_follow_up(page, conversation_url)
     screenshot(page, "first-chat-no-js")
