@@ -58,6 +58,16 @@ def test_an_id_inside_the_text_is_not_mistaken_for_a_message_id(redis, lifetimes
     assert append_message_and_touch(redis, cid, OWNER, first, lifetimes) is True
 
 
+def test_remembered_ids_are_capped_at_the_window(redis, lifetimes):
+    cid = create_conversation(redis, OWNER, lifetimes)
+    sent = [message(f"m{i}") for i in range(conversations.DEDUPE_WINDOW + 5)]
+    for m in sent:
+        append_message_and_touch(redis, cid, OWNER, m, lifetimes)
+    remembered = redis.lrange(keys.conversation_recent_ids(cid), 0, -1)
+    assert remembered == [m.id for m in reversed(sent)][: conversations.DEDUPE_WINDOW]
+    assert append_message_and_touch(redis, cid, OWNER, sent[5], lifetimes) is False
+
+
 def test_append_to_a_missing_conversation_raises_gone(redis, lifetimes):
     with pytest.raises(ConversationGone):
         append_message_and_touch(redis, "no-such-id", OWNER, message(), lifetimes)
@@ -74,9 +84,10 @@ def test_every_key_gets_its_lifetime(redis):
     lifetimes = Lifetimes(session_idle=50, session_max=3600, transcript_retention=500)
     cid = create_conversation(redis, OWNER, lifetimes)
     append_message_and_touch(redis, cid, OWNER, message(), lifetimes)
-    meta, messages, session = keys.conversation_keys(cid)
+    meta, messages, session, recent_ids = keys.conversation_keys(cid)
     assert 490 < redis.ttl(meta) <= 500
     assert 490 < redis.ttl(messages) <= 500
+    assert 490 < redis.ttl(recent_ids) <= 500
     assert 40 < redis.ttl(session) <= 50
     assert 490 < redis.ttl(keys.owner_conversations(OWNER)) <= 500
 
@@ -199,11 +210,12 @@ def test_property_append_read_and_ttl_invariants(redis, ops):
             again = sent[value % len(sent)]
             assert append_message_and_touch(redis, cid, OWNER, again, lifetimes) is False
     assert conversations.read_messages(redis, cid) == sent
-    meta, messages, session = keys.conversation_keys(cid)
+    meta, messages, session, recent_ids = keys.conversation_keys(cid)
     assert conversations.get_conversation(redis, cid).message_count == len(sent)
     assert 9_990 < redis.ttl(meta) <= 10_000
     if sent:
         assert 9_990 < redis.ttl(messages) <= 10_000
+        assert 9_990 < redis.ttl(recent_ids) <= 10_000
         assert 90 < redis.ttl(session) <= 100
     else:
-        assert redis.exists(messages, session) == 0
+        assert redis.exists(messages, session, recent_ids) == 0

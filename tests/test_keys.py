@@ -8,6 +8,7 @@ def test_conversation_keys_share_one_hash_tag():
         "rc:conv:{abc}:meta",
         "rc:conv:{abc}:messages",
         "rc:conv:{abc}:session",
+        "rc:conv:{abc}:recent_ids",
     )
 
 

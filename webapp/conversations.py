@@ -20,9 +20,9 @@ DEDUPE_WINDOW = 128
 """A message whose id is among this many newest messages is not stored again.
 
 Retries (a resent form, a replayed request after a dropped connection) arrive
-right after the original, so the window catches them at a constant cost and
-without a per-message id index, which would add about a tenth to the memory
-per message."""
+right after the original, so a capped list of the newest ids catches them at a
+constant cost per append and a constant size per conversation; an index of
+every id would add about a tenth to the memory per message."""
 
 MESSAGE_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 TITLE_CHARS = 80
@@ -53,7 +53,7 @@ class Message:
     created_at: float
 
     def to_json(self) -> str:
-        """Compact JSON that starts with the id, as the append script expects."""
+        """Compact JSON, as stored in the messages list."""
         return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
 
     @classmethod

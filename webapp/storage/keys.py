@@ -23,12 +23,18 @@ def conversation_session(conversation_id: str) -> str:
     return f"{PREFIX}:conv:{{{conversation_id}}}:session"
 
 
-def conversation_keys(conversation_id: str) -> tuple[str, str, str]:
+def conversation_recent_ids(conversation_id: str) -> str:
+    """List of the newest message ids, newest first, capped. TTL: transcript retention."""
+    return f"{PREFIX}:conv:{{{conversation_id}}}:recent_ids"
+
+
+def conversation_keys(conversation_id: str) -> tuple[str, str, str, str]:
     """The keys of one conversation, in the order the scripts take them."""
     return (
         conversation_meta(conversation_id),
         conversation_messages(conversation_id),
         conversation_session(conversation_id),
+        conversation_recent_ids(conversation_id),
     )
 
 

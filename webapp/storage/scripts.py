@@ -30,23 +30,23 @@ APPEND_MESSAGE_AND_TOUCH = AtomicScript(
     """
 -- Appends one message unless its id is among the newest ones, and slides every
 -- TTL of the conversation together.
--- KEYS[1] meta hash, KEYS[2] messages list, KEYS[3] session hash
--- ARGV[1] message id, ARGV[2] message JSON (it begins with {"id":"<id>",)
+-- KEYS[1] meta hash, KEYS[2] messages list, KEYS[3] session hash, KEYS[4] recent ids list
+-- ARGV[1] message id, ARGV[2] message JSON
 -- ARGV[3] title to set if the conversation has none yet ("" for none)
 -- ARGV[4] session idle seconds, ARGV[5] session max seconds,
--- ARGV[6] transcript retention seconds, ARGV[7] how many newest messages to check for the id
--- Returns {1 if stored else 0, message count}; error GONE if the conversation does not exist.
+-- ARGV[6] transcript retention seconds, ARGV[7] how many newest ids to remember
+-- Returns {1 if stored else 0, message count}; error CONVERSATION_GONE if the conversation
+-- does not exist.
 local now = tonumber(redis.call('TIME')[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('CONVERSATION_GONE')
 end
-local prefix = '{"id":"' .. ARGV[1] .. '",'
-for _, entry in ipairs(redis.call('LRANGE', KEYS[2], -tonumber(ARGV[7]), -1)) do
-  if string.sub(entry, 1, #prefix) == prefix then
-    return {0, redis.call('LLEN', KEYS[2])}
-  end
+if redis.call('LPOS', KEYS[4], ARGV[1]) then
+  return {0, redis.call('LLEN', KEYS[2])}
 end
 local count = redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('LPUSH', KEYS[4], ARGV[1])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[7]) - 1)
 redis.call('HSET', KEYS[1], 'updated_at', now, 'message_count', count)
 if ARGV[3] ~= '' then
   redis.call('HSETNX', KEYS[1], 'title', ARGV[3])
@@ -61,6 +61,7 @@ redis.call('HSET', KEYS[3], 'started_at', started, 'expires_at', now + ttl)
 redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('EXPIRE', KEYS[4], ARGV[6])
 return {1, count}
 """.replace("CONVERSATION_GONE", CONVERSATION_GONE)
 )
