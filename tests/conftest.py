@@ -2,11 +2,12 @@
 storage tests, the app and its client, the offline model."""
 
 import re
+import time
 
 import fakeredis
 import pytest
 
-from webapp import create_app
+from webapp import create_app, runs
 from webapp.conversations import Lifetimes
 from webapp.llm.offline import OfflineProvider
 from webapp.storage import connect
@@ -58,10 +59,12 @@ def app(real_redis, redis_server, tmp_path):
             "SESSION_IDLE_SECONDS": 60,
             "SESSION_MAX_SECONDS": 3600,
             "TRANSCRIPT_RETENTION_SECONDS": 600,
+            "OFFLINE_CHUNK_DELAY_SECONDS": 0,
         }
     )
     app.instance_path = str(tmp_path)
-    return app
+    yield app
+    app.extensions["run_worker"].shutdown()
 
 
 @pytest.fixture
@@ -91,15 +94,38 @@ class Chat:
         return self.client.post("/", data={**self.form_fields("/"), "text": text})
 
     def start_conversation(self, text: str = "Hello there") -> str:
-        """Start a conversation and return its id."""
+        """Start a conversation, wait for the reply, and return the conversation's id."""
         response = self.start(text)
         assert response.status_code == 302, response.text
-        return response.location.rsplit("/", 1)[-1]
+        conversation_id = self.conversation_id_of(response)
+        self.wait_for_reply(conversation_id)
+        return conversation_id
+
+    @staticmethod
+    def conversation_id_of(response) -> str:
+        """The conversation a redirect leads to."""
+        return response.location.split("#")[0].rsplit("/", 1)[-1]
 
     def send(self, conversation_id: str, text: str, **extra):
         path = f"/c/{conversation_id}"
         data = {**self.form_fields(path), "text": text, **extra}
         return self.client.post(f"{path}/messages", data=data)
+
+    def wait_for_reply(self, conversation_id: str, timeout: float = 10) -> str:
+        """Wait until the conversation's latest reply is no longer being written; its status."""
+        r = self.client.application.extensions["redis"]
+        deadline = time.monotonic() + timeout
+        while (run := runs.latest_run(r, conversation_id)) is None or run.running:
+            assert time.monotonic() < deadline, f"the reply is still running after {timeout} s"
+            time.sleep(0.02)
+        return run.status
+
+    def post_button(self, conversation_id: str, action: str) -> object:
+        """Press a run's button (stop, continue, retry) as the page offers it."""
+        page = self.client.get(f"/c/{conversation_id}").text
+        found = re.search(rf'action="(/c/{conversation_id}/runs/[^/]+/{action})"', page)
+        assert found, f"the page offers no {action} button"
+        return self.client.post(found[1], data={"csrf_token": CSRF_FIELD.search(page)[1]})
 
 
 @pytest.fixture

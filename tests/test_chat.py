@@ -4,7 +4,7 @@ from html import unescape
 
 import pytest
 
-from webapp import conversations
+from webapp import conversations, runs
 from webapp.storage import keys
 
 
@@ -23,7 +23,8 @@ def test_start_page_offers_a_new_chat_and_names_the_offline_model(client):
 def test_first_message_starts_a_conversation_with_a_reply(chat, client, real_redis):
     response = chat.start("How do I keep a sourdough starter alive?")
     assert response.status_code == 302
-    conversation_id = response.location.rsplit("/", 1)[-1]
+    conversation_id = chat.conversation_id_of(response)
+    assert chat.wait_for_reply(conversation_id) == "done"
     page = client.get(response.location)
     assert page.status_code == 200
     assert "How do I keep a sourdough starter alive?" in page.text
@@ -36,6 +37,7 @@ def test_sending_in_a_conversation_stores_message_and_reply(chat, client, real_r
     response = chat.send(conversation_id, "Second question")
     assert response.status_code == 302
     assert response.location.endswith(f"/c/{conversation_id}#latest")
+    chat.wait_for_reply(conversation_id)
     stored = stored_messages(real_redis, conversation_id)
     assert [m.content for m in stored if m.role == "user"] == ["First question", "Second question"]
     assert "This is message 2 of our conversation" in stored[-1].content
@@ -46,6 +48,7 @@ def test_a_resubmitted_form_is_stored_once(chat, client, real_redis):
     fields = chat.form_fields(f"/c/{conversation_id}")
     for _ in range(2):
         client.post(f"/c/{conversation_id}/messages", data={**fields, "text": "Only once please"})
+        chat.wait_for_reply(conversation_id)
     assert [m.content for m in stored_messages(real_redis, conversation_id)].count(
         "Only once please"
     ) == 1
@@ -84,6 +87,7 @@ def test_oversized_message_is_refused_with_the_text_kept(chat, client, real_redi
 def test_a_message_at_the_limit_is_accepted(chat, real_redis):
     conversation_id = chat.start_conversation()
     assert chat.send(conversation_id, "z" * 16_000).status_code == 302
+    chat.wait_for_reply(conversation_id)
     assert stored_messages(real_redis, conversation_id)[2].content == "z" * 16_000
 
 
@@ -104,11 +108,12 @@ def test_every_post_route_without_csrf_token_gets_400_and_changes_nothing(
     app, chat, client, real_redis
 ):
     conversation_id = chat.start_conversation()
+    run_id = runs.latest_run(real_redis, conversation_id).id
     snapshot = {key: real_redis.dump(key) for key in real_redis.scan_iter()}
     routes = post_routes(app)
-    assert routes, "the app has POST routes"
+    assert len(routes) == 5, routes
     for rule in routes:
-        path = rule.build({"conversation_id": conversation_id})[1]
+        path = rule.build({"conversation_id": conversation_id, "run_id": run_id})[1]
         response = client.post(path, data={"text": "sneaky", "message_id": "abcdefgh1234"})
         assert response.status_code == 400, path
         assert "That form had expired" in response.text
@@ -139,6 +144,7 @@ def test_conversation_page_shows_newest_50_with_a_link_to_earlier(chat, client, 
     conversation_id = chat.start_conversation("message number 0")
     for i in range(1, 30):
         chat.send(conversation_id, f"message number {i}")
+        chat.wait_for_reply(conversation_id)
     page = client.get(f"/c/{conversation_id}").text
     assert page.count('class="message ') == 50
     assert "message number 4<" not in page

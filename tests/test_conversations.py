@@ -169,16 +169,6 @@ def test_title_is_one_shortened_line():
     assert len(conversations.make_title("word " * 100)) == conversations.TITLE_CHARS
 
 
-def test_send_message_stores_the_reply_once(redis, lifetimes, llm):
-    cid = create_conversation(redis, OWNER, lifetimes)
-    m = message("What is a hash tag?")
-    conversations.send_message(redis, llm, cid, OWNER, m, lifetimes)
-    conversations.send_message(redis, llm, cid, OWNER, m, lifetimes)
-    stored = conversations.read_messages(redis, cid)
-    assert [x.role for x in stored] == ["user", "assistant"]
-    assert "What is a hash tag?" in stored[1].content
-
-
 # A sequence of operations on one conversation: append a new message, resend one of the
 # messages already sent (a retry), or let the test check the invariants.
 operations = st.lists(

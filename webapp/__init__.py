@@ -7,6 +7,7 @@ from pathlib import Path
 from flask import Flask
 
 from webapp import config, llm, rendering, security, storage
+from webapp.run_worker import RunWorker
 from webapp.storage.embedded import EmbeddedRedis
 from webapp.views import chat, errors, ops
 
@@ -27,6 +28,14 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config["REDIS_URL"] = start_embedded_redis(app.instance_path)
     storage.init_app(app)
     llm.init_app(app)
+    app.extensions["run_worker"] = RunWorker(
+        app.extensions["redis"],
+        app.extensions["llm"],
+        config.lifetimes(app.config),
+        config.run_settings(app.config),
+        threads=int(app.config["RUN_THREADS"]),
+        reaper_interval=float(app.config["RUN_REAPER_INTERVAL_SECONDS"]),
+    )
     rendering.init_app(app)
     security.init_app(app)
     for blueprint in (chat.bp, ops.bp, errors.bp):

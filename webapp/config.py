@@ -10,6 +10,9 @@ from pathlib import Path
 
 from flask import Flask
 
+from webapp.conversations import Lifetimes
+from webapp.runs import RunSettings
+
 DEFAULTS = {
     # Signs cookies. Unset: a random key is made once and kept in the instance folder.
     "SECRET_KEY": None,
@@ -33,6 +36,28 @@ DEFAULTS = {
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # Messages per page of a transcript.
     "PAGE_SIZE": 50,
+    # The system prompt of every reply.
+    "SYSTEM_PROMPT": "You are a helpful assistant. Answer clearly and concisely.",
+    # The longest reply, in tokens.
+    "MAX_TOKENS": 4096,
+    # How long to wait for Claude to answer (each read of the stream), and how often the
+    # client retries overloaded, rate-limited and failed requests before giving up.
+    "ANTHROPIC_TIMEOUT_SECONDS": 60,
+    "ANTHROPIC_MAX_RETRIES": 2,
+    # The offline model's pause between chunks, so replies visibly stream.
+    "OFFLINE_CHUNK_DELAY_SECONDS": 0.05,
+    # A running reply beats a heartbeat this often...
+    "RUN_HEARTBEAT_SECONDS": 2,
+    # ...and is marked interrupted when its heartbeat is older than this.
+    "RUN_STALE_SECONDS": 15,
+    # The reaper looks for such replies this often (and at start-up).
+    "RUN_REAPER_INTERVAL_SECONDS": 60,
+    # Length cap of a reply's events (chunks); above MAX_TOKENS, so never reached in practice.
+    "RUN_EVENTS_MAX": 10_000,
+    # How long a finished reply's events stay for late watchers (its text is in the transcript).
+    "RUN_EVENTS_TTL_SECONDS": 3600,
+    # Replies written at once by one process.
+    "RUN_THREADS": 16,
     # Vendor settings, read without the FLASK_ prefix.
     "REDIS_URL": None,
     "ANTHROPIC_API_KEY": None,
@@ -68,3 +93,22 @@ def _instance_secret(instance: Path) -> str:
         path.write_text(secrets.token_hex(32))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def lifetimes(config: dict) -> Lifetimes:
+    """The session and transcript lifetimes the settings ask for."""
+    return Lifetimes(
+        session_idle=int(config["SESSION_IDLE_SECONDS"]),
+        session_max=int(config["SESSION_MAX_SECONDS"]),
+        transcript_retention=int(config["TRANSCRIPT_RETENTION_SECONDS"]),
+    )
+
+
+def run_settings(config: dict) -> RunSettings:
+    """How replies are written, watched and reaped, as the settings ask."""
+    return RunSettings(
+        max_events=int(config["RUN_EVENTS_MAX"]),
+        events_ttl_after_end=int(config["RUN_EVENTS_TTL_SECONDS"]),
+        heartbeat_seconds=float(config["RUN_HEARTBEAT_SECONDS"]),
+        stale_seconds=float(config["RUN_STALE_SECONDS"]),
+    )

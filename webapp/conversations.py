@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 
 import redis
 
-from webapp.llm import Provider
 from webapp.storage import keys
 from webapp.storage.scripts import APPEND_MESSAGE_AND_TOUCH, CONVERSATION_GONE, execute_pipeline
 
@@ -51,10 +50,14 @@ class Message:
     role: str
     content: str
     created_at: float
+    status: str | None = None
+    """None for a whole message; for a reply cut short, how its run ended (stopped,
+    interrupted, failed)."""
 
     def to_json(self) -> str:
-        """Compact JSON, as stored in the messages list."""
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+        """Compact JSON, as stored in the messages list; fields left at None are omitted."""
+        fields = {name: value for name, value in asdict(self).items() if value is not None}
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, raw: str) -> "Message":
@@ -198,27 +201,6 @@ def list_conversations(r: redis.Redis, owner: str, limit: int = 100) -> list[Con
         for conversation_id, meta in zip(ids, pipe.execute(), strict=True)
         if meta
     ]
-
-
-def send_message(
-    r: redis.Redis,
-    provider: Provider,
-    conversation_id: str,
-    owner: str,
-    message: Message,
-    lifetimes: Lifetimes,
-) -> None:
-    """Store the user's message and, unless it was a repeat, the model's reply to it."""
-    if not append_message_and_touch(r, conversation_id, owner, message, lifetimes):
-        return
-    turns = read_messages(r, conversation_id)
-    reply = Message(
-        id=f"{message.id}-reply"[:64],
-        role="assistant",
-        content="".join(provider.stream_reply(turns)),
-        created_at=time.time(),
-    )
-    append_message_and_touch(r, conversation_id, owner, reply, lifetimes)
 
 
 def sweep_indexes(r: redis.Redis, batch: int = 500) -> int:

@@ -31,6 +31,8 @@ def expect_exchange(page: Page, number: int, question: str) -> None:
 
 
 def expect_conversation(page: Page, *questions: str) -> None:
+    """The page shows each question and its finished reply, in order."""
+    expect(page.locator("#run")).to_have_count(0)  # no reply is still being written
     expect(page.locator("article.message")).to_have_count(2 * len(questions))
     for number, question in enumerate(questions, start=1):
         expect_exchange(page, number, question)
@@ -55,7 +57,7 @@ def test_first_chat(app_server, page, screenshot):
     send(page, QUESTION)
 
     expect(page).to_have_url(CONVERSATION_URL)
-    conversation_url = page.url
+    conversation_url = page.url.split("#")[0]
     expect_conversation(page, QUESTION)
     expect(page.locator("article.message.assistant .text")).to_contain_text(
         "This is the start of our conversation."
@@ -96,7 +98,7 @@ def test_first_chat_without_javascript(app_server, new_context, screenshot):
     send(page, QUESTION)
 
     expect(page).to_have_url(CONVERSATION_URL)
-    conversation_url = page.url
+    conversation_url = page.url.split("#")[0]
     expect_conversation(page, QUESTION)
 
     send_follow_up(page, conversation_url)

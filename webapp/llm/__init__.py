@@ -13,24 +13,55 @@ class Turn(Protocol):
     content: str
 
 
+class ModelError(Exception):
+    """The model could not write (all of) a reply. ``kind`` names the case for the page."""
+
+    kind = "error"
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class ModelBusy(ModelError):
+    """Overloaded, rate-limited, erroring or unreachable, after the client's own retries."""
+
+    kind = "busy"
+
+
+class ModelMisconfigured(ModelError):
+    """The request was refused for a reason only the operator can fix (key, model, quota)."""
+
+    kind = "misconfigured"
+
+
+class ModelStreamBroken(ModelError):
+    """The reply stopped part-way: an error event or a dropped connection mid-stream."""
+
+    kind = "broken"
+
+
 class Provider(Protocol):
     """A model that writes replies and summaries."""
 
     name: str
     """Shown in the page header, e.g. "offline model"."""
 
-    def stream_reply(self, turns: Sequence[Turn]) -> Iterator[str]:
-        """Yield the reply to the last user turn, chunk by chunk."""
+    def stream_reply(self, turns: Sequence[Turn], prefix: str = "") -> Iterator[str]:
+        """Yield the reply to the last user turn, chunk by chunk, carrying on from ``prefix``
+        (text of the reply already written) if given. Raises ModelError."""
 
     def summarise(self, turns: Sequence[Turn]) -> str:
         """Return a summary of the conversation that a new session can start from."""
 
 
 def init_app(app: Flask) -> None:
-    """Choose the provider: the offline model unless an API key is configured."""
+    """Choose the provider: Claude when an API key is configured, else the offline model."""
     from webapp.llm.offline import OfflineProvider
 
-    app.extensions["llm"] = OfflineProvider()
+    app.extensions["llm"] = OfflineProvider(
+        chunk_delay=float(app.config["OFFLINE_CHUNK_DELAY_SECONDS"])
+    )
 
 
 def get_provider() -> Provider:

@@ -1,6 +1,7 @@
 """The offline model: a deterministic local responder and an extractive summariser."""
 
 import re
+import time
 from collections.abc import Iterator, Sequence
 
 from webapp.llm import Turn
@@ -20,8 +21,9 @@ class OfflineProvider:
 
     name = "offline model"
 
-    def __init__(self, chunk_words: int = 3) -> None:
+    def __init__(self, chunk_words: int = 3, chunk_delay: float = 0.0) -> None:
         self.chunk_words = chunk_words
+        self.chunk_delay = chunk_delay
 
     def reply_text(self, turns: Sequence[Turn]) -> str:
         """The whole reply the stream is cut from."""
@@ -44,10 +46,15 @@ class OfflineProvider:
         ]
         return "\n".join(lines)
 
-    def stream_reply(self, turns: Sequence[Turn]) -> Iterator[str]:
-        words = re.split(r"(\s+)", self.reply_text(turns))
+    def stream_reply(self, turns: Sequence[Turn], prefix: str = "") -> Iterator[str]:
+        text = self.reply_text(turns)
+        # Carrying on from a partial reply: the rest of the same text, as a model would.
+        text = text[len(prefix) :] if text.startswith(prefix) else " (continued)"
+        words = re.split(r"(\s+)", text)
         step = self.chunk_words * 2
         for start in range(0, len(words), step):
+            if self.chunk_delay:
+                time.sleep(self.chunk_delay)
             yield "".join(words[start : start + step])
 
     def summarise(self, turns: Sequence[Turn]) -> str:

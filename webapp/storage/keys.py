@@ -38,6 +38,23 @@ def conversation_keys(conversation_id: str) -> tuple[str, str, str, str]:
     )
 
 
+def conversation_run(conversation_id: str) -> str:
+    """Hash: the conversation's latest run (id, status, message_id, heartbeat_at, error...).
+    TTL: transcript retention."""
+    return f"{PREFIX}:conv:{{{conversation_id}}}:run"
+
+
+def run_events(conversation_id: str, run_id: str) -> str:
+    """Stream of one run's chunks ({t: text}) and its end ({status: ...}), capped in length.
+    TTL: transcript retention while running, a short grace period after it ends."""
+    return f"{PREFIX}:conv:{{{conversation_id}}}:run:{run_id}:events"
+
+
+RUNS_RUNNING = f"{PREFIX}:runs:running"
+"""Sorted set: "<conversation id> <run id>" of every running run, scored by its last
+heartbeat, for the reaper. No TTL: members leave when their run ends."""
+
+
 def owner_conversations(owner: str) -> str:
     """Sorted set: conversation ids scored by last activity. TTL: transcript retention."""
     return f"{PREFIX}:owner:{{{owner}}}:conversations"

@@ -3,6 +3,9 @@
 Scripts run through EVALSHA directly (not redis-py's ``Script`` helper, which
 adds a SCRIPT EXISTS round trip to every pipeline); a NOSCRIPT answer, as after
 a server restart, loads every script and runs the pipeline once more.
+
+Every script touches the keys of one conversation only (one hash tag), so each
+also runs on Redis Cluster.
 """
 
 import hashlib
@@ -10,63 +13,202 @@ from collections.abc import Callable, Sequence
 
 import redis
 
+CONVERSATION_GONE = "GONE conversation does not exist"
+"""The error a script answers with when the conversation's meta hash is missing."""
+RUN_IN_PROGRESS = "BUSY a reply is still being written"
+"""The error START_RUN answers with while the conversation's latest run is running."""
+
 
 class AtomicScript:
     """One Lua script, addressed by the SHA1 of its source."""
 
     def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        self.source = source.replace("CONVERSATION_GONE", CONVERSATION_GONE).replace(
+            "RUN_IN_PROGRESS", RUN_IN_PROGRESS
+        )
+        self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
     def queue(self, pipe: redis.client.Pipeline, keys: Sequence[str], args: Sequence) -> None:
         """Queue one call of this script on a pipeline."""
         pipe.evalsha(self.sha, len(keys), *keys, *args)
 
 
-CONVERSATION_GONE = "GONE conversation does not exist"
-"""The error a script answers with when the conversation's meta hash is missing."""
+# Shared by the scripts below. The conversation's keys are always KEYS[1..4]:
+# meta hash, messages list, session hash, recent ids list.
+_CONVERSATION_FUNCTIONS = """
+local function now_seconds()
+  local t = redis.call('TIME')
+  return tonumber(t[1]), tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+
+-- Slide the session: idle time from now, capped by the maximum age from its start.
+local function slide_session(now, idle, max_age)
+  local started = tonumber(redis.call('HGET', KEYS[3], 'started_at') or '')
+  if not started or started + max_age <= now then
+    started = now
+  end
+  local ttl = math.min(idle, started + max_age - now)
+  redis.call('HSET', KEYS[3], 'started_at', started, 'expires_at', now + ttl)
+  redis.call('EXPIRE', KEYS[3], ttl)
+end
+
+-- Give the transcript's keys (and any extra keys) the retention from now.
+local function refresh_transcript(retention, extra)
+  redis.call('EXPIRE', KEYS[1], retention)
+  redis.call('EXPIRE', KEYS[2], retention)
+  redis.call('EXPIRE', KEYS[4], retention)
+  for _, key in ipairs(extra) do redis.call('EXPIRE', key, retention) end
+end
+
+-- Append one message unless its id is among the newest ones. Returns stored (0/1), count.
+local function append_message(now, id, json, title, window)
+  if redis.call('LPOS', KEYS[4], id) then
+    return 0, redis.call('LLEN', KEYS[2])
+  end
+  local count = redis.call('RPUSH', KEYS[2], json)
+  redis.call('LPUSH', KEYS[4], id)
+  redis.call('LTRIM', KEYS[4], 0, window - 1)
+  redis.call('HSET', KEYS[1], 'updated_at', now, 'message_count', count)
+  if title ~= '' then
+    redis.call('HSETNX', KEYS[1], 'title', title)
+  end
+  return 1, count
+end
+"""
 
 APPEND_MESSAGE_AND_TOUCH = AtomicScript(
-    """
+    _CONVERSATION_FUNCTIONS
+    + """
 -- Appends one message unless its id is among the newest ones, and slides every
 -- TTL of the conversation together.
--- KEYS[1] meta hash, KEYS[2] messages list, KEYS[3] session hash, KEYS[4] recent ids list
--- ARGV[1] message id, ARGV[2] message JSON
--- ARGV[3] title to set if the conversation has none yet ("" for none)
+-- KEYS[1..4] the conversation (meta, messages, session, recent ids)
+-- ARGV[1] message id, ARGV[2] message JSON, ARGV[3] title if the conversation has none ("")
 -- ARGV[4] session idle seconds, ARGV[5] session max seconds,
 -- ARGV[6] transcript retention seconds, ARGV[7] how many newest ids to remember
--- Returns {1 if stored else 0, message count}; error CONVERSATION_GONE if the conversation
--- does not exist.
-local now = tonumber(redis.call('TIME')[1])
+-- Returns {1 if stored else 0, message count}; error CONVERSATION_GONE.
+local now = now_seconds()
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('CONVERSATION_GONE')
 end
-if redis.call('LPOS', KEYS[4], ARGV[1]) then
-  return {0, redis.call('LLEN', KEYS[2])}
+local stored, count = append_message(now, ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[7]))
+if stored == 1 then
+  slide_session(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
+  refresh_transcript(ARGV[6], {})
 end
-local count = redis.call('RPUSH', KEYS[2], ARGV[2])
-redis.call('LPUSH', KEYS[4], ARGV[1])
-redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[7]) - 1)
-redis.call('HSET', KEYS[1], 'updated_at', now, 'message_count', count)
-if ARGV[3] ~= '' then
-  redis.call('HSETNX', KEYS[1], 'title', ARGV[3])
-end
-local idle, max_age = tonumber(ARGV[4]), tonumber(ARGV[5])
-local started = tonumber(redis.call('HGET', KEYS[3], 'started_at') or '')
-if not started or started + max_age <= now then
-  started = now
-end
-local ttl = math.min(idle, started + max_age - now)
-redis.call('HSET', KEYS[3], 'started_at', started, 'expires_at', now + ttl)
-redis.call('EXPIRE', KEYS[3], ttl)
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-redis.call('EXPIRE', KEYS[4], ARGV[6])
-return {1, count}
-""".replace("CONVERSATION_GONE", CONVERSATION_GONE)
+return {stored, count}
+"""
 )
 
-ALL_SCRIPTS = (APPEND_MESSAGE_AND_TOUCH,)
+START_RUN = AtomicScript(
+    _CONVERSATION_FUNCTIONS
+    + """
+-- Starts a run that will write a reply, after appending the user's message if one is
+-- given; refuses while the conversation's latest run is still running.
+-- KEYS[1..4] the conversation, KEYS[5] its run hash, KEYS[6] the new run's events stream
+-- ARGV[1] run id, ARGV[2] user message id ("" for none: Continue or Retry),
+-- ARGV[3] user message JSON, ARGV[4] title if none yet (""),
+-- ARGV[5] session idle seconds, ARGV[6] session max seconds, ARGV[7] retention seconds,
+-- ARGV[8] how many newest ids to remember,
+-- ARGV[9] id of the message the reply will be stored as (a new id, or the one it replaces),
+-- ARGV[10] text the reply starts from ("" unless continuing), ARGV[11] events length cap
+-- Returns 1 if started, 0 if the user message was a repeat (nothing started);
+-- errors CONVERSATION_GONE, RUN_IN_PROGRESS.
+local now, precise_now = now_seconds()
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('CONVERSATION_GONE')
+end
+if redis.call('HGET', KEYS[5], 'status') == 'running' then
+  return redis.error_reply('RUN_IN_PROGRESS')
+end
+if ARGV[2] ~= '' then
+  local stored = append_message(now, ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[8]))
+  if stored == 0 then return 0 end
+end
+redis.call('DEL', KEYS[5])
+redis.call('HSET', KEYS[5], 'id', ARGV[1], 'status', 'running', 'message_id', ARGV[9],
+  'started_at', precise_now, 'heartbeat_at', precise_now)
+if ARGV[10] ~= '' then
+  redis.call('XADD', KEYS[6], 'MAXLEN', ARGV[11], '*', 't', ARGV[10])
+end
+slide_session(now, tonumber(ARGV[5]), tonumber(ARGV[6]))
+refresh_transcript(ARGV[7], {KEYS[5], KEYS[6]})
+return 1
+"""
+)
+
+ADD_RUN_CHUNK = AtomicScript(
+    """
+-- Appends a chunk of the reply to the run's events and beats its heartbeat, only while
+-- that run is still the conversation's running run.
+-- KEYS[1] the conversation's run hash, KEYS[2] the run's events stream
+-- ARGV[1] run id, ARGV[2] text ("" for a heartbeat only), ARGV[3] events length cap
+-- Returns 1 if the run is still running, else 0 (it was stopped or interrupted).
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1]
+   or redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+  return 0
+end
+local t = redis.call('TIME')
+if ARGV[2] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', 't', ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'heartbeat_at', tonumber(t[1]) + tonumber(t[2]) / 1e6)
+return 1
+"""
+)
+
+FINISH_RUN = AtomicScript(
+    _CONVERSATION_FUNCTIONS
+    + """
+-- Ends a running run once: stores the text written so far as the reply message (replacing
+-- the message it continues or retries when that one is the newest), records the status,
+-- and appends the end event that tells watchers.
+-- KEYS[1..4] the conversation, KEYS[5] its run hash, KEYS[6] the run's events stream
+-- ARGV[1] run id, ARGV[2] status (done, stopped, interrupted, failed),
+-- ARGV[3] error kind (""), ARGV[4] error message (""), ARGV[5] request id (""),
+-- ARGV[6] only if the heartbeat is older than this time (0: unconditionally),
+-- ARGV[7] transcript retention seconds, ARGV[8] events TTL after the end,
+-- ARGV[9] how many newest ids to remember
+-- Returns 1 if this call ended the run, 0 if it had already ended.
+if redis.call('HGET', KEYS[5], 'id') ~= ARGV[1]
+   or redis.call('HGET', KEYS[5], 'status') ~= 'running' then
+  return 0
+end
+local stale_before = tonumber(ARGV[6])
+if stale_before > 0 and tonumber(redis.call('HGET', KEYS[5], 'heartbeat_at')) >= stale_before then
+  return 0
+end
+local now, precise_now = now_seconds()
+local parts = {}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[6], '-', '+')) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 't' then parts[#parts + 1] = fields[i + 1] end
+  end
+end
+local text = table.concat(parts)
+if text ~= '' then
+  local message_id = redis.call('HGET', KEYS[5], 'message_id')
+  local message = {id = message_id, role = 'assistant', content = text, created_at = precise_now}
+  if ARGV[2] ~= 'done' then message.status = ARGV[2] end
+  local json = cjson.encode(message)
+  local last = redis.call('LINDEX', KEYS[2], -1)
+  if last and cjson.decode(last).id == message_id then
+    redis.call('LSET', KEYS[2], -1, json)
+    redis.call('HSET', KEYS[1], 'updated_at', now)
+  else
+    append_message(now, message_id, json, '', tonumber(ARGV[9]))
+  end
+end
+redis.call('HSET', KEYS[5], 'status', ARGV[2], 'finished_at', precise_now,
+  'error_kind', ARGV[3], 'error_message', ARGV[4], 'request_id', ARGV[5])
+redis.call('XADD', KEYS[6], '*', 'status', ARGV[2], 'error_kind', ARGV[3])
+refresh_transcript(ARGV[7], {KEYS[5]})
+redis.call('EXPIRE', KEYS[6], ARGV[8])
+return 1
+"""
+)
+
+ALL_SCRIPTS = (APPEND_MESSAGE_AND_TOUCH, START_RUN, ADD_RUN_CHUNK, FINISH_RUN)
 
 
 def execute_pipeline(

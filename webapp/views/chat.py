@@ -1,25 +1,36 @@
-"""Chat pages: the start page with this browser's conversations, and one conversation."""
+"""Chat pages: the start page, one conversation, and its replies (runs): watch, stop,
+continue, retry."""
 
+import contextlib
+import json
+import re
 import time
 
-from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 
-from webapp import conversations
-from webapp.conversations import Lifetimes, Message, MessageRejected
-from webapp.llm import get_provider
-from webapp.storage import get_redis
+from webapp import config, conversations, runs
+from webapp.conversations import Conversation, Message, MessageRejected
+from webapp.runs import Run, RunInProgress
+from webapp.storage import WATCH_BLOCK_MS, get_blocking_redis, get_redis
 from webapp.views.identity import current_owner
 
 bp = Blueprint("chat", __name__)
 
+EVENT_ID = re.compile(r"^\d+-\d+$")
+RUN_IN_PROGRESS_TEXT = "A reply is still being written. Wait for it to finish, or stop it."
 
-def _lifetimes() -> Lifetimes:
-    config = current_app.config
-    return Lifetimes(
-        session_idle=int(config["SESSION_IDLE_SECONDS"]),
-        session_max=int(config["SESSION_MAX_SECONDS"]),
-        transcript_retention=int(config["TRANSCRIPT_RETENTION_SECONDS"]),
-    )
+
+def _worker():
+    return current_app.extensions["run_worker"]
 
 
 def _message_from_form() -> Message:
@@ -33,12 +44,30 @@ def _message_from_form() -> Message:
     return Message(id=message_id, role="user", content=text, created_at=time.time())
 
 
-def _owned_conversation(conversation_id: str) -> conversations.Conversation:
+def _owned_conversation(conversation_id: str) -> Conversation:
     """The conversation if it exists and belongs to this browser; 404 otherwise."""
     conversation = conversations.get_conversation(get_redis(), conversation_id)
     if conversation is None or conversation.owner != current_owner():
         abort(404)
     return conversation
+
+
+def _start_reply(conversation_id: str, **how) -> Run | None:
+    """Start a run (see runs.start_run) and hand it to this process's worker."""
+    run = runs.start_run(
+        get_redis(),
+        conversation_id,
+        config.lifetimes(current_app.config),
+        config.run_settings(current_app.config),
+        **how,
+    )
+    if run is not None:
+        _worker().submit(run, how.get("prefix", ""))
+    return run
+
+
+def _to_latest(conversation_id: str):
+    return redirect(url_for("chat.conversation", conversation_id=conversation_id) + "#latest")
 
 
 @bp.get("/")
@@ -48,14 +77,15 @@ def index():
 
 @bp.post("/")
 def start():
-    r, owner = get_redis(), current_owner()
     try:
         message = _message_from_form()
     except MessageRejected as error:
         return _render_index(error=str(error), draft=request.form.get("text", "")), 400
-    conversation_id = conversations.create_conversation(r, owner, _lifetimes())
-    conversations.send_message(r, get_provider(), conversation_id, owner, message, _lifetimes())
-    return redirect(url_for("chat.conversation", conversation_id=conversation_id))
+    conversation_id = conversations.create_conversation(
+        get_redis(), current_owner(), config.lifetimes(current_app.config)
+    )
+    _start_reply(conversation_id, user_message=message)
+    return _to_latest(conversation_id)
 
 
 @bp.get("/c/<conversation_id>")
@@ -66,32 +96,93 @@ def conversation(conversation_id: str):
 @bp.post("/c/<conversation_id>/messages")
 def send(conversation_id: str):
     conversation = _owned_conversation(conversation_id)
+    draft = request.form.get("text", "")
     try:
-        message = _message_from_form()
+        _start_reply(conversation.id, user_message=_message_from_form())
     except MessageRejected as error:
-        return _render_conversation(
-            conversation, error=str(error), draft=request.form.get("text", "")
-        ), 400
-    conversations.send_message(
-        get_redis(), get_provider(), conversation.id, conversation.owner, message, _lifetimes()
-    )
-    return redirect(url_for("chat.conversation", conversation_id=conversation.id) + "#latest")
+        return _render_conversation(conversation, error=str(error), draft=draft), 400
+    except RunInProgress:
+        return _render_conversation(conversation, error=RUN_IN_PROGRESS_TEXT, draft=draft), 409
+    return _to_latest(conversation.id)
 
 
-def _render_conversation(conversation, error: str | None = None, draft: str = ""):
-    before = request.args.get("before", type=int)
-    first_index, messages = conversations.read_page(
-        get_redis(), conversation, int(current_app.config["PAGE_SIZE"]), before
-    )
-    return render_template(
-        "chat/conversation.html",
-        conversation=conversation,
-        messages=messages,
-        first_index=first_index,
-        is_latest_page=before is None or before >= conversation.message_count,
-        new_message_id=conversations.new_id(),
-        error=error,
-        draft=draft,
+def _owned_run(conversation_id: str, run_id: str) -> tuple[Conversation, Run]:
+    """The conversation's latest run, if it is ``run_id``; 404 otherwise."""
+    conversation = _owned_conversation(conversation_id)
+    run = runs.latest_run(get_redis(), conversation.id)
+    if run is None or run.id != run_id:
+        abort(404)
+    return conversation, run
+
+
+@bp.post("/c/<conversation_id>/runs/<run_id>/stop")
+def stop(conversation_id: str, run_id: str):
+    _, run = _owned_run(conversation_id, run_id)
+    if run.running:
+        runs.request_stop(
+            get_redis(),
+            run,
+            config.lifetimes(current_app.config),
+            config.run_settings(current_app.config),
+        )
+    return _to_latest(conversation_id)
+
+
+@bp.post("/c/<conversation_id>/runs/<run_id>/continue")
+def continue_reply(conversation_id: str, run_id: str):
+    return _redo(conversation_id, run_id, carry_on=True)
+
+
+@bp.post("/c/<conversation_id>/runs/<run_id>/retry")
+def retry(conversation_id: str, run_id: str):
+    return _redo(conversation_id, run_id, carry_on=False)
+
+
+def _redo(conversation_id: str, run_id: str, carry_on: bool):
+    """Write the reply of a run that ended early again: from its partial text, or afresh."""
+    conversation, run = _owned_run(conversation_id, run_id)
+    if run.status not in runs.ENDED_EARLY:
+        return _to_latest(conversation.id)  # already done or running: nothing to redo
+    prefix = ""
+    if carry_on:
+        last = conversations.read_messages(get_redis(), conversation.id, -1, -1)
+        if last and last[0].id == run.message_id:
+            prefix = last[0].content.rstrip()
+    # If another tab pressed it first, its run is the one to watch.
+    with contextlib.suppress(RunInProgress):
+        _start_reply(conversation.id, replacing=run, prefix=prefix)
+    return _to_latest(conversation.id)
+
+
+@bp.get("/c/<conversation_id>/runs/<run_id>/events")
+def events(conversation_id: str, run_id: str):
+    """Server-Sent Events: the run's chunks after Last-Event-ID (or ?after=), live, then
+    an ``end`` event with the status."""
+    conversation = _owned_conversation(conversation_id)
+    after = request.headers.get("Last-Event-ID") or request.args.get("after", "0-0")
+    if not EVENT_ID.match(after):
+        abort(400)
+    r, worker = get_blocking_redis(), _worker()
+
+    def stream():
+        yield "retry: 1000\n\n"
+        for event in runs.follow(r, conversation.id, run_id, after, WATCH_BLOCK_MS):
+            if worker.stopping.is_set():
+                return  # shutting down: the browser reconnects from its last event
+            if event is None:
+                yield ": keep-alive\n\n"
+            elif event.status:
+                data = {"status": event.status, "error_kind": event.error_kind}
+                yield f"id: {event.id}\nevent: end\ndata: {json.dumps(data)}\n\n"
+                return
+            else:
+                yield f"id: {event.id}\ndata: {json.dumps({'text': event.text})}\n\n"
+        yield f"event: end\ndata: {json.dumps({'status': 'gone'})}\n\n"
+
+    return Response(
+        stream(),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
@@ -99,6 +190,29 @@ def _render_index(error: str | None = None, draft: str = ""):
     return render_template(
         "chat/index.html",
         conversations=conversations.list_conversations(get_redis(), current_owner()),
+        new_message_id=conversations.new_id(),
+        error=error,
+        draft=draft,
+    )
+
+
+def _render_conversation(conversation: Conversation, error: str | None = None, draft: str = ""):
+    r = get_redis()
+    before = request.args.get("before", type=int)
+    first_index, messages = conversations.read_page(
+        r, conversation, int(current_app.config["PAGE_SIZE"]), before
+    )
+    run = runs.latest_run(r, conversation.id)
+    run_text, run_event_id = runs.run_text(r, run) if run and run.running else ("", "0-0")
+    return render_template(
+        "chat/conversation.html",
+        conversation=conversation,
+        messages=messages,
+        first_index=first_index,
+        is_latest_page=before is None or before >= conversation.message_count,
+        run=run,
+        run_text=run_text,
+        run_event_id=run_event_id,
         new_message_id=conversations.new_id(),
         error=error,
         draft=draft,

@@ -1,0 +1,87 @@
+"""This process's share of the runs: it writes replies in background threads, beats their
+heartbeats, reaps stale runs of any process, and interrupts its own runs when it stops."""
+
+import atexit
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import redis
+
+from webapp import runs
+from webapp.conversations import Lifetimes
+from webapp.llm import Provider
+from webapp.runs import Run, RunSettings
+
+log = logging.getLogger(__name__)
+
+
+class RunWorker:
+    def __init__(
+        self,
+        r: redis.Redis,
+        provider: Provider,
+        lifetimes: Lifetimes,
+        settings: RunSettings,
+        *,
+        threads: int,
+        reaper_interval: float,
+    ) -> None:
+        self.r, self.provider, self.lifetimes, self.settings = r, provider, lifetimes, settings
+        self.reaper_interval = reaper_interval
+        self.stopping = threading.Event()
+        """Set when the process is shutting down: watchers should let go."""
+        self._local: dict[str, Run] = {}
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="run")
+        self._ticker = threading.Thread(target=self._tick, name="run-heartbeat", daemon=True)
+        self._ticker.start()
+        atexit.register(self.shutdown)
+
+    def submit(self, run: Run, prefix: str = "") -> None:
+        """Write ``run``'s reply in the background."""
+        with self._lock:
+            self._local[run.id] = run
+        self._executor.submit(self._write, run, prefix)
+
+    def _write(self, run: Run, prefix: str) -> None:
+        try:
+            runs.write_reply(self.r, self.provider, run, self.lifetimes, self.settings, prefix)
+        except Exception:
+            # Redis gone mid-reply, or a bug: the run stays "running" until the reaper marks
+            # it interrupted, partial text kept, from whichever process sees it first.
+            log.exception("run %s of conversation %s failed", run.id, run.conversation_id)
+        finally:
+            with self._lock:
+                self._local.pop(run.id, None)
+
+    def local_runs(self) -> list[Run]:
+        with self._lock:
+            return list(self._local.values())
+
+    def _tick(self) -> None:
+        """Beat heartbeats often; reap at start-up and every reaper interval."""
+        next_reap = time.monotonic()
+        while not self.stopping.is_set():
+            try:
+                runs.beat(self.r, self.local_runs(), self.settings)
+                if time.monotonic() >= next_reap:
+                    reaped = runs.reap_stale_runs(self.r, self.lifetimes, self.settings)
+                    if reaped:
+                        log.warning("marked %d stale runs interrupted", reaped)
+                    next_reap = time.monotonic() + self.reaper_interval
+            except redis.exceptions.RedisError as error:
+                log.warning("run heartbeat or reaper skipped: %s", error)
+            self.stopping.wait(self.settings.heartbeat_seconds)
+
+    def shutdown(self) -> None:
+        """Stop beating and mark this process's running runs interrupted (partial text kept)."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        try:
+            runs.interrupt_runs(self.r, self.local_runs(), self.lifetimes, self.settings)
+        except redis.exceptions.RedisError as error:
+            log.warning("could not mark runs interrupted at shutdown (the reaper will): %s", error)
+        self._executor.shutdown(wait=False, cancel_futures=True)

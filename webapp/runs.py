@@ -1,0 +1,344 @@
+"""Runs: replies written in the background, checkpointed chunk by chunk in a Redis Stream.
+
+A run belongs to one conversation. Its chunks go to a stream that any number of
+watchers (tabs, instances) replay and follow; its status and heartbeat live in
+the conversation's run hash. Ending a run stores its text as the reply message
+exactly once, whatever ends it: the writer, Stop from any tab, the reaper, or
+the process shutting down.
+"""
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import redis
+
+from webapp.conversations import (
+    DEDUPE_WINDOW,
+    ConversationGone,
+    Lifetimes,
+    Message,
+    make_title,
+    new_id,
+    read_messages,
+)
+from webapp.llm import ModelError, Provider
+from webapp.storage import keys
+from webapp.storage.scripts import (
+    ADD_RUN_CHUNK,
+    CONVERSATION_GONE,
+    FINISH_RUN,
+    RUN_IN_PROGRESS,
+    START_RUN,
+    execute_pipeline,
+)
+
+RUNNING, DONE, INTERRUPTED, STOPPED, FAILED = "running", "done", "interrupted", "stopped", "failed"
+ENDED_EARLY = (INTERRUPTED, STOPPED, FAILED)
+
+
+class RunInProgress(RuntimeError):
+    """The conversation's latest reply is still being written."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How runs are written, watched and reaped."""
+
+    max_events: int
+    """Length cap of a run's events stream (chunks plus the end event)."""
+    events_ttl_after_end: int
+    """How long a run's events stay for late watchers after it ended (its text is then in
+    the transcript)."""
+    heartbeat_seconds: float
+    stale_seconds: float
+    """A running run whose heartbeat is older than this is interrupted by the reaper."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """The latest run of a conversation, as stored in its run hash."""
+
+    conversation_id: str
+    id: str
+    status: str
+    message_id: str
+    """The id of the reply message this run writes (new, or the one it continues)."""
+    started_at: float
+    heartbeat_at: float
+    error_kind: str = ""
+    error_message: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.status == RUNNING
+
+    @property
+    def index_member(self) -> str:
+        """This run's member in the index of running runs."""
+        return f"{self.conversation_id} {self.id}"
+
+
+def _run_keys(conversation_id: str, run_id: str) -> list[str]:
+    """KEYS of START_RUN and FINISH_RUN: the conversation, its run hash, the run's events."""
+    return [
+        *keys.conversation_keys(conversation_id),
+        keys.conversation_run(conversation_id),
+        keys.run_events(conversation_id, run_id),
+    ]
+
+
+def latest_run(r: redis.Redis, conversation_id: str) -> Run | None:
+    """The conversation's latest run, if it has one."""
+    fields = r.hgetall(keys.conversation_run(conversation_id))
+    if not fields:
+        return None
+    return Run(
+        conversation_id=conversation_id,
+        id=fields["id"],
+        status=fields["status"],
+        message_id=fields["message_id"],
+        started_at=float(fields["started_at"]),
+        heartbeat_at=float(fields["heartbeat_at"]),
+        error_kind=fields.get("error_kind", ""),
+        error_message=fields.get("error_message", ""),
+    )
+
+
+def start_run(
+    r: redis.Redis,
+    conversation_id: str,
+    lifetimes: Lifetimes,
+    settings: RunSettings,
+    *,
+    user_message: Message | None = None,
+    replacing: Run | None = None,
+    prefix: str = "",
+) -> Run | None:
+    """Store ``user_message`` (if any) and start a run to reply, atomically.
+
+    ``replacing`` is the run whose reply this one continues (with ``prefix``, its text) or
+    retries. Returns the new run, or None when ``user_message`` was a repeat.
+    Raises RunInProgress or ConversationGone.
+    """
+    run_id = new_id()
+    message_id = replacing.message_id if replacing else run_id
+    now = time.time()
+
+    def queue(pipe):
+        START_RUN.queue(
+            pipe,
+            _run_keys(conversation_id, run_id),
+            [
+                run_id,
+                user_message.id if user_message else "",
+                user_message.to_json() if user_message else "",
+                make_title(user_message.content) if user_message else "",
+                lifetimes.session_idle,
+                lifetimes.session_max,
+                lifetimes.transcript_retention,
+                DEDUPE_WINDOW,
+                message_id,
+                prefix,
+                settings.max_events,
+            ],
+        )
+        pipe.zadd(keys.RUNS_RUNNING, {f"{conversation_id} {run_id}": now})
+
+    refusal = None
+    try:
+        started, _ = execute_pipeline(r, queue)
+    except redis.exceptions.ResponseError as error:
+        started, refusal = 0, error
+    if not started:
+        r.zrem(keys.RUNS_RUNNING, f"{conversation_id} {run_id}")
+    if refusal is None:
+        if not started:
+            return None
+        return Run(conversation_id, run_id, RUNNING, message_id, started_at=now, heartbeat_at=now)
+    if str(refusal).endswith(RUN_IN_PROGRESS):
+        raise RunInProgress(conversation_id) from refusal
+    if str(refusal).endswith(CONVERSATION_GONE):
+        raise ConversationGone(conversation_id) from refusal
+    raise refusal
+
+
+def add_chunk(r: redis.Redis, run: Run, text: str, settings: RunSettings) -> bool:
+    """Append ``text`` to the run and beat its heartbeat, in one round trip.
+
+    Returns False once the run is no longer running (stopped, interrupted): stop writing.
+    """
+
+    def queue(pipe):
+        ADD_RUN_CHUNK.queue(
+            pipe,
+            [
+                keys.conversation_run(run.conversation_id),
+                keys.run_events(run.conversation_id, run.id),
+            ],
+            [run.id, text, settings.max_events],
+        )
+        pipe.zadd(keys.RUNS_RUNNING, {run.index_member: time.time()}, xx=True)
+
+    still_running, _ = execute_pipeline(r, queue)
+    return bool(still_running)
+
+
+def finish_run(
+    r: redis.Redis,
+    run: Run,
+    status: str,
+    lifetimes: Lifetimes,
+    settings: RunSettings,
+    *,
+    error: ModelError | None = None,
+    stale_before: float = 0,
+) -> bool:
+    """End ``run`` with ``status`` and store what it wrote as the reply, exactly once.
+
+    With ``stale_before``, only if its heartbeat is older than that. Returns True if this
+    call ended it.
+    """
+
+    def queue(pipe):
+        FINISH_RUN.queue(
+            pipe,
+            _run_keys(run.conversation_id, run.id),
+            [
+                run.id,
+                status,
+                error.kind if error else "",
+                str(error) if error else "",
+                (error.request_id or "") if error else "",
+                stale_before,
+                lifetimes.transcript_retention,
+                settings.events_ttl_after_end,
+                DEDUPE_WINDOW,
+            ],
+        )
+
+    (ended,) = execute_pipeline(r, queue)
+    if ended:
+        r.zrem(keys.RUNS_RUNNING, run.index_member)
+    return bool(ended)
+
+
+def run_text(r: redis.Redis, run: Run) -> tuple[str, str]:
+    """The text the run has written so far, and the id of the last event it includes."""
+    entries = r.xrange(keys.run_events(run.conversation_id, run.id))
+    text = "".join(fields.get("t", "") for _, fields in entries)
+    return text, entries[-1][0] if entries else "0-0"
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One event of a run as watchers see it: a chunk of text, or the end."""
+
+    id: str
+    text: str = ""
+    status: str | None = None
+    """Set on the end event only."""
+    error_kind: str = ""
+
+
+def read_events(
+    r: redis.Redis, conversation_id: str, run_id: str, after: str, block_ms: int
+) -> list[RunEvent]:
+    """The run's events after event id ``after``, waiting up to ``block_ms`` for new ones."""
+    answer = r.xread({keys.run_events(conversation_id, run_id): after}, count=500, block=block_ms)
+    if not answer:
+        return []
+    (_, entries), *_ = answer
+    return [
+        RunEvent(
+            id=entry_id,
+            text=fields.get("t", ""),
+            status=fields.get("status"),
+            error_kind=fields.get("error_kind", ""),
+        )
+        for entry_id, fields in entries
+    ]
+
+
+def request_stop(r: redis.Redis, run: Run, lifetimes: Lifetimes, settings: RunSettings) -> bool:
+    """Stop the run from anywhere: it ends now, keeping what was written; the writer, in
+    whichever process, sees that at its next chunk and stops."""
+    return finish_run(r, run, STOPPED, lifetimes, settings)
+
+
+def write_reply(
+    r: redis.Redis,
+    provider: Provider,
+    run: Run,
+    lifetimes: Lifetimes,
+    settings: RunSettings,
+    prefix: str = "",
+) -> str:
+    """Produce the run's reply: stream it from the model into the run, then end the run.
+
+    Returns the status it ended with (or found, if something else ended it first).
+    """
+    turns = [m for m in read_messages(r, run.conversation_id) if m.id != run.message_id]
+    try:
+        for chunk in provider.stream_reply(turns, prefix=prefix):
+            if chunk and not add_chunk(r, run, chunk, settings):
+                return latest_status(r, run)
+    except ModelError as error:
+        finish_run(r, run, FAILED, lifetimes, settings, error=error)
+        return FAILED
+    finish_run(r, run, DONE, lifetimes, settings)
+    return DONE
+
+
+def latest_status(r: redis.Redis, run: Run) -> str:
+    """The run's status now (``interrupted`` if a newer run has replaced it)."""
+    latest = latest_run(r, run.conversation_id)
+    return latest.status if latest and latest.id == run.id else INTERRUPTED
+
+
+def beat(r: redis.Redis, runs: list[Run], settings: RunSettings) -> list[Run]:
+    """Beat the heartbeat of each run; returns those that are no longer running."""
+    return [run for run in runs if not add_chunk(r, run, "", settings)]
+
+
+def interrupt_runs(r: redis.Redis, runs: list[Run], lifetimes: Lifetimes, settings: RunSettings):
+    """Mark ``runs`` interrupted, keeping their partial text (a process shutting down)."""
+    for run in runs:
+        finish_run(r, run, INTERRUPTED, lifetimes, settings)
+
+
+def reap_stale_runs(r: redis.Redis, lifetimes: Lifetimes, settings: RunSettings) -> int:
+    """Mark runs whose heartbeat is stale as interrupted, keeping their partial text."""
+    stale_before = time.time() - settings.stale_seconds
+    reaped = 0
+    for member in r.zrangebyscore(keys.RUNS_RUNNING, "-inf", stale_before):
+        conversation_id, run_id = member.split(" ")
+        run = latest_run(r, conversation_id)
+        if run is None or run.id != run_id or not run.running:
+            r.zrem(keys.RUNS_RUNNING, member)  # ended, replaced, or gone with its conversation
+            continue
+        if finish_run(r, run, INTERRUPTED, lifetimes, settings, stale_before=stale_before):
+            reaped += 1
+    return reaped
+
+
+def follow(
+    r: redis.Redis, conversation_id: str, run_id: str, after: str, block_ms: int
+) -> Iterator[RunEvent | None]:
+    """Replay the run's events after ``after`` and follow it live, until its end event.
+
+    Yields None after each wait with nothing new, so callers can send keep-alives. Ends
+    without an end event if the run's events are gone.
+    """
+    while True:
+        events = read_events(r, conversation_id, run_id, after, block_ms)
+        if not events:
+            if not r.exists(keys.run_events(conversation_id, run_id)):
+                return
+            yield None
+            continue
+        for event in events:
+            yield event
+            if event.status:
+                return
+        after = events[-1].id
