@@ -7,6 +7,7 @@ import time
 import fakeredis
 import pytest
 
+from tests.fake_anthropic import FakeAnthropic
 from webapp import create_app, runs
 from webapp.conversations import Lifetimes
 from webapp.llm.offline import OfflineProvider
@@ -50,21 +51,36 @@ def llm():
 
 
 @pytest.fixture
-def app(real_redis, redis_server, tmp_path):
-    app = create_app(
-        {
-            "TESTING": True,
-            "SECRET_KEY": "test-secret",
-            "REDIS_URL": redis_server.url,
-            "SESSION_IDLE_SECONDS": 60,
-            "SESSION_MAX_SECONDS": 3600,
-            "TRANSCRIPT_RETENTION_SECONDS": 600,
-            "OFFLINE_CHUNK_DELAY_SECONDS": 0,
-        }
-    )
-    app.instance_path = str(tmp_path)
-    yield app
-    app.extensions["run_worker"].shutdown()
+def make_app(real_redis, redis_server, tmp_path):
+    """Build apps on the session's real server, with short lifetimes and ``overrides``;
+    their background workers are shut down after the test."""
+    made = []
+
+    def make(**overrides):
+        app = create_app(
+            {
+                "TESTING": True,
+                "SECRET_KEY": "test-secret",
+                "REDIS_URL": redis_server.url,
+                "SESSION_IDLE_SECONDS": 60,
+                "SESSION_MAX_SECONDS": 3600,
+                "TRANSCRIPT_RETENTION_SECONDS": 600,
+                "OFFLINE_CHUNK_DELAY_SECONDS": 0,
+                **overrides,
+            }
+        )
+        app.instance_path = str(tmp_path)
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.extensions["run_worker"].shutdown()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 @pytest.fixture
@@ -137,3 +153,20 @@ def chat(client):
 def chat_factory():
     """Make a Chat for an app of the test's own."""
     return lambda app: Chat(app.test_client())
+
+
+@pytest.fixture
+def fake_anthropic():
+    """A local fake of the Messages API, speaking its wire format over real HTTP."""
+    with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture
+def claude_app(make_app, fake_anthropic):
+    """The app with Claude as its model: the real SDK, pointed at the fake API, no retries."""
+    return make_app(
+        ANTHROPIC_API_KEY="test-key",
+        ANTHROPIC_BASE_URL=fake_anthropic.url,
+        ANTHROPIC_MAX_RETRIES=0,
+    )

@@ -1,6 +1,7 @@
 """The ``resume-chat`` command: serve the app, sweep stale index entries."""
 
 import os
+import signal
 
 import click
 from gunicorn.app.base import BaseApplication
@@ -29,6 +30,19 @@ class _Server(BaseApplication):
         return create_app()
 
 
+def _interrupt_runs_on_sigterm(worker) -> None:
+    """Gunicorn hook, in each worker: on SIGTERM, first mark the worker's running replies
+    interrupted (partial text kept) and let watchers go, then stop gracefully as usual.
+    (On SIGINT and SIGQUIT gunicorn exits the worker at once; atexit does the same there.)"""
+    stop_gracefully = worker.handle_exit
+
+    def handle_exit(signum, frame):
+        worker.wsgi.extensions["run_worker"].shutdown()
+        stop_gracefully(signum, frame)
+
+    signal.signal(signal.SIGTERM, handle_exit)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, envvar="PORT", default=5000, show_default=True)
@@ -50,6 +64,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
             "accesslog": "-",
             # Several instances may run on one machine; none needs the control socket.
             "control_socket_disable": True,
+            "post_worker_init": _interrupt_runs_on_sigterm,
         }
     ).run()
 

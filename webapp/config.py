@@ -26,8 +26,8 @@ DEFAULTS = {
     "IDLE_WARNING_SECONDS": 300,
     # A resume code is valid this long.
     "RESUME_CODE_TTL_SECONDS": 48 * 3600,
-    "ANTHROPIC_MODEL": "claude-sonnet-4-5",
-    "SUMMARY_MODEL": "claude-haiku-4-5",
+    "ANTHROPIC_MODEL": "claude-sonnet-5-5",
+    "SUMMARY_MODEL": "claude-haiku-5-5",
     "ALLOW_GUESTS": True,
     "ALLOW_REGISTRATION": True,
     # The longest message a user may send, in characters.

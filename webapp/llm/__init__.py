@@ -57,11 +57,25 @@ class Provider(Protocol):
 
 def init_app(app: Flask) -> None:
     """Choose the provider: Claude when an API key is configured, else the offline model."""
+    from webapp.llm.claude import ClaudeProvider
     from webapp.llm.offline import OfflineProvider
 
-    app.extensions["llm"] = OfflineProvider(
-        chunk_delay=float(app.config["OFFLINE_CHUNK_DELAY_SECONDS"])
-    )
+    config = app.config
+    if config["ANTHROPIC_API_KEY"]:
+        app.extensions["llm"] = ClaudeProvider(
+            api_key=config["ANTHROPIC_API_KEY"],
+            base_url=config["ANTHROPIC_BASE_URL"],
+            model=config["ANTHROPIC_MODEL"],
+            summary_model=config["SUMMARY_MODEL"],
+            system_prompt=config["SYSTEM_PROMPT"],
+            max_tokens=int(config["MAX_TOKENS"]),
+            timeout=float(config["ANTHROPIC_TIMEOUT_SECONDS"]),
+            max_retries=int(config["ANTHROPIC_MAX_RETRIES"]),
+        )
+    else:
+        app.extensions["llm"] = OfflineProvider(
+            chunk_delay=float(config["OFFLINE_CHUNK_DELAY_SECONDS"])
+        )
 
 
 def get_provider() -> Provider:

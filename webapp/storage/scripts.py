@@ -150,6 +150,10 @@ end
 local t = redis.call('TIME')
 if ARGV[2] ~= '' then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', 't', ARGV[2])
+  if redis.call('TTL', KEYS[2]) == -1 then
+    -- The first chunk made the stream: it lives as long as its run hash.
+    redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
+  end
 end
 redis.call('HSET', KEYS[1], 'heartbeat_at', tonumber(t[1]) + tonumber(t[2]) / 1e6)
 return 1

@@ -1,0 +1,244 @@
+"""Replies over HTTP with Claude as the model: the real SDK against the fake Messages API."""
+
+import json
+import logging
+from html import unescape
+
+import pytest
+
+from tests.fake_anthropic import Hang, Status, StreamError
+from webapp import conversations, runs
+
+
+@pytest.fixture
+def client(claude_app):
+    return claude_app.test_client()
+
+
+def sse_frames(response):
+    """Parse a Server-Sent Events body (iterated as it arrives) into (event, id, data) frames."""
+    buffer = ""
+    for piece in response.response:
+        buffer += piece.decode() if isinstance(piece, bytes) else piece
+        while "\n\n" in buffer:
+            frame, buffer = buffer.split("\n\n", 1)
+            fields = {}
+            for line in frame.splitlines():
+                if line and not line.startswith(":"):
+                    name, _, value = line.partition(": ")
+                    fields[name] = value
+            if "data" in fields:
+                yield fields.get("event", "message"), fields.get("id"), json.loads(fields["data"])
+
+
+def watch(client, conversation_id, run_id, last_event_id=None):
+    """The text a watcher sees, and the end event's data."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    response = client.get(
+        f"/c/{conversation_id}/runs/{run_id}/events", headers=headers, buffered=False
+    )
+    assert response.mimetype == "text/event-stream"
+    text = []
+    for event, _, data in sse_frames(response):
+        if event == "end":
+            return "".join(text), data
+        text.append(data["text"])
+    raise AssertionError("the stream ended without an end event")
+
+
+def test_a_reply_streams_from_claude_and_is_stored(chat, real_redis, fake_anthropic, claude_app):
+    conversation_id = chat.start_conversation("What is a tide?")
+    chat.send(conversation_id, "And a spring tide?")
+    assert chat.wait_for_reply(conversation_id) == "done"
+    stored = conversations.read_messages(real_redis, conversation_id)
+    assert [m.content for m in stored] == [
+        "What is a tide?",
+        "Echo: What is a tide?",
+        "And a spring tide?",
+        "Echo: And a spring tide?",
+    ]
+    request = fake_anthropic.requests[-1]
+    assert request.body["model"] == claude_app.config["ANTHROPIC_MODEL"]
+    assert request.body["system"] == claude_app.config["SYSTEM_PROMPT"]
+    assert request.body["max_tokens"] == claude_app.config["MAX_TOKENS"]
+    assert request.body["stream"] is True
+    assert request.body["messages"] == [{"role": m.role, "content": m.content} for m in stored[:3]]
+    assert "Claude · " in chat.client.get("/").text
+
+
+def test_watchers_replay_the_whole_reply_or_the_rest_after_last_event_id(
+    chat, real_redis, fake_anthropic
+):
+    fake_anthropic.reply_text = "one two three four five six"
+    conversation_id = chat.start_conversation("Count for me")
+    run = runs.latest_run(real_redis, conversation_id)
+    whole, end = watch(chat.client, conversation_id, run.id)
+    assert (whole, end["status"]) == ("one two three four five six", "done")
+    assert watch(chat.client, conversation_id, run.id)[0] == whole  # a second watcher
+    events = runs.read_events(real_redis, conversation_id, run.id, "0-0", block_ms=10)
+    rest, _ = watch(chat.client, conversation_id, run.id, last_event_id=events[2].id)
+    assert rest == whole[len("".join(e.text for e in events[:3])) :]
+    assert rest == "four five six"
+
+
+def test_a_watcher_follows_live_and_resumes_mid_reply(chat, real_redis, fake_anthropic):
+    fake_anthropic.reply_text = "alpha beta gamma delta epsilon"
+    fake_anthropic.enqueue(Hang(after=2))
+    chat.start("Greek letters please")
+    conversation_id = conversations.list_conversations(real_redis, chat_owner(chat))[0].id
+    run = runs.latest_run(real_redis, conversation_id)
+    response = chat.client.get(f"/c/{conversation_id}/runs/{run.id}/events", buffered=False)
+    frames = sse_frames(response)
+    seen = [next(frames), next(frames)]  # the reply is now held after two tokens
+    assert "".join(data["text"] for _, _, data in seen) == "alpha beta "
+    # A reload in the middle reconnects with the last event id it saw.
+    resumed = chat.client.get(
+        f"/c/{conversation_id}/runs/{run.id}/events",
+        headers={"Last-Event-ID": seen[0][1]},
+        buffered=False,
+    )
+    fake_anthropic.release()
+    rest = []
+    for event, _, data in sse_frames(resumed):
+        if event == "end":
+            break
+        rest.append(data["text"])
+    assert "".join(rest) == "beta gamma delta epsilon"
+    assert chat.wait_for_reply(conversation_id) == "done"
+
+
+def chat_owner(chat):
+    with chat.client.session_transaction() as session:
+        return f"guest:{session['guest_id']}"
+
+
+def test_overloaded_claude_shows_busy_and_keeps_the_message(chat, real_redis, fake_anthropic):
+    fake_anthropic.enqueue(Status(529))
+    conversation_id = chat.start_conversation("Are you there?")
+    assert [m.role for m in conversations.read_messages(real_redis, conversation_id)] == ["user"]
+    page = unescape(chat.client.get(f"/c/{conversation_id}").text)
+    assert "Claude is busy right now." in page
+    assert "Are you there?" in page
+    assert "/continue" not in page
+    chat.post_button(conversation_id, "retry")
+    assert chat.wait_for_reply(conversation_id) == "done"
+    assert conversations.read_messages(real_redis, conversation_id)[-1].content == (
+        "Echo: Are you there?"
+    )
+
+
+def test_an_error_mid_stream_keeps_the_partial_and_continue_completes_it(
+    chat, real_redis, fake_anthropic
+):
+    whole = "The moon pulls the sea toward it."
+
+    def reply(body):
+        """Like Claude: carry on after a prefilled partial reply."""
+        last = body["messages"][-1]
+        return whole[len(last["content"]) :] if last["role"] == "assistant" else whole
+
+    fake_anthropic.reply_text = reply
+    fake_anthropic.enqueue(StreamError(after=3))
+    conversation_id = chat.start_conversation("Why tides?")
+    partial = conversations.read_messages(real_redis, conversation_id)[-1]
+    assert (partial.content, partial.status) == ("The moon pulls ", "failed")
+    page = chat.client.get(f"/c/{conversation_id}").text
+    assert "The reply broke off part-way." in page
+    assert "incomplete" in page
+
+    chat.post_button(conversation_id, "continue")
+    assert chat.wait_for_reply(conversation_id) == "done"
+    prefill = fake_anthropic.requests[-1].body["messages"][-1]
+    assert prefill == {"role": "assistant", "content": "The moon pulls"}
+    stored = conversations.read_messages(real_redis, conversation_id)
+    assert len(stored) == 2
+    assert (stored[-1].id, stored[-1].content, stored[-1].status) == (partial.id, whole, None)
+
+
+def test_a_rejected_key_gives_an_operator_message_and_logs_the_request_id(
+    chat, fake_anthropic, caplog
+):
+    fake_anthropic.enqueue(Status(401))
+    with caplog.at_level(logging.ERROR, logger="webapp.llm.claude"):
+        conversation_id = chat.start_conversation("Hello?")
+    page = unescape(chat.client.get(f"/c/{conversation_id}").text)
+    assert "The assistant can't answer because of a server setting." in page
+    assert "Traceback" not in page
+    assert "authentication_error" not in page
+    assert any("req_fake_" in record.getMessage() for record in caplog.records)
+
+
+def test_stop_from_another_tab_keeps_what_was_written(claude_app, chat, real_redis, fake_anthropic):
+    fake_anthropic.reply_text = "a b c d e f g h"
+    fake_anthropic.enqueue(Hang(after=3))
+    chat.start("Letters")
+    conversation_id = conversations.list_conversations(real_redis, chat_owner(chat))[0].id
+    run = runs.latest_run(real_redis, conversation_id)
+    wait_for_text(real_redis, run, "a b c ")
+
+    other_tab = claude_app.test_client()
+    other_tab.set_cookie("session", chat.client.get_cookie("session").value)
+    page = other_tab.get(f"/c/{conversation_id}").text
+    assert "writing…" in page
+    response = other_tab.post(
+        f"/c/{conversation_id}/runs/{run.id}/stop",
+        data={"csrf_token": page.split('name="csrf_token" value="')[1].split('"')[0]},
+    )
+    assert response.status_code == 302
+    fake_anthropic.release()
+    assert chat.wait_for_reply(conversation_id) == "stopped"
+    reply = conversations.read_messages(real_redis, conversation_id)[-1]
+    assert (reply.content, reply.status) == ("a b c ", "stopped")
+    assert "You stopped this reply." in chat.client.get(f"/c/{conversation_id}").text
+
+
+def wait_for_text(r, run, text, timeout=5):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while runs.run_text(r, run)[0] != text:
+        assert time.monotonic() < deadline, runs.run_text(r, run)
+        time.sleep(0.02)
+
+
+def test_sending_while_a_reply_is_written_is_refused_with_the_text_kept(
+    chat, real_redis, fake_anthropic
+):
+    fake_anthropic.enqueue(Hang(after=1))
+    chat.start("First")
+    conversation_id = conversations.list_conversations(real_redis, chat_owner(chat))[0].id
+    response = chat.send(conversation_id, "Second, too soon")
+    assert response.status_code == 409
+    assert "A reply is still being written." in response.text
+    assert "Second, too soon" in response.text
+    fake_anthropic.release()
+    chat.wait_for_reply(conversation_id)
+    assert [m.content for m in conversations.read_messages(real_redis, conversation_id)][
+        0
+    ] == "First"
+    assert "Second, too soon" not in [
+        m.content for m in conversations.read_messages(real_redis, conversation_id)
+    ]
+
+
+def test_a_page_with_a_running_reply_refreshes_itself_without_javascript(
+    chat, real_redis, fake_anthropic
+):
+    fake_anthropic.enqueue(Hang(after=1))
+    chat.start("Slowly")
+    conversation_id = conversations.list_conversations(real_redis, chat_owner(chat))[0].id
+    page = chat.client.get(f"/c/{conversation_id}").text
+    assert '<noscript><meta http-equiv="refresh" content="2; url=' in page
+    assert "writing…" in page
+    fake_anthropic.release()
+    chat.wait_for_reply(conversation_id)
+    assert "http-equiv" not in chat.client.get(f"/c/{conversation_id}").text
+
+
+def test_events_of_unknown_runs_end_at_once_and_bad_ids_are_refused(chat, client):
+    conversation_id = chat.start_conversation("Hi")
+    text, end = watch(client, conversation_id, "no-such-run")
+    assert (text, end["status"]) == ("", "gone")
+    bad = client.get(f"/c/{conversation_id}/runs/x/events", headers={"Last-Event-ID": "1;DROP"})
+    assert bad.status_code == 400
+    assert client.get("/c/not-mine/runs/x/events").status_code == 404

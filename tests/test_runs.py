@@ -1,0 +1,225 @@
+"""Runs in storage: started with the user's message, written chunk by chunk, ended once."""
+
+import time
+
+import pytest
+
+from webapp import conversations, runs
+from webapp.conversations import ConversationGone, Message
+from webapp.llm import ModelBusy, ModelStreamBroken
+from webapp.runs import RunInProgress, RunSettings
+from webapp.storage import keys
+
+OWNER = "guest:runner"
+SETTINGS = RunSettings(
+    max_events=100, events_ttl_after_end=30, heartbeat_seconds=1, stale_seconds=5
+)
+
+
+def user_message(text="Tell me about tides"):
+    return Message(id=conversations.new_id(), role="user", content=text, created_at=time.time())
+
+
+@pytest.fixture
+def conversation_id(redis, lifetimes):
+    return conversations.create_conversation(redis, OWNER, lifetimes)
+
+
+def start(redis, conversation_id, lifetimes, **how):
+    return runs.start_run(redis, conversation_id, lifetimes, SETTINGS, **how)
+
+
+class ScriptedProvider:
+    """Yields the given chunks, then raises ``error`` if given."""
+
+    name = "scripted"
+
+    def __init__(self, chunks, error=None):
+        self.chunks, self.error, self.seen = chunks, error, []
+
+    def stream_reply(self, turns, prefix=""):
+        self.seen.append(([(t.role, t.content) for t in turns], prefix))
+        yield from self.chunks
+        if self.error:
+            raise self.error
+
+
+def test_start_stores_the_message_and_a_running_run(redis, conversation_id, lifetimes):
+    message = user_message()
+    run = start(redis, conversation_id, lifetimes, user_message=message)
+    assert conversations.read_messages(redis, conversation_id) == [message]
+    latest = runs.latest_run(redis, conversation_id)
+    assert (latest.id, latest.status, latest.message_id) == (run.id, "running", run.id)
+    assert redis.zscore(keys.RUNS_RUNNING, run.index_member) is not None
+
+
+def test_a_repeated_message_starts_nothing(redis, conversation_id, lifetimes):
+    message = user_message()
+    first = start(redis, conversation_id, lifetimes, user_message=message)
+    runs.finish_run(redis, first, runs.DONE, lifetimes, SETTINGS)
+    assert start(redis, conversation_id, lifetimes, user_message=message) is None
+    assert runs.latest_run(redis, conversation_id).id == first.id
+    assert redis.zcard(keys.RUNS_RUNNING) == 0
+
+
+def test_a_second_run_is_refused_while_one_is_running(redis, conversation_id, lifetimes):
+    start(redis, conversation_id, lifetimes, user_message=user_message())
+    second = user_message("another")
+    with pytest.raises(RunInProgress):
+        start(redis, conversation_id, lifetimes, user_message=second)
+    assert second not in conversations.read_messages(redis, conversation_id)
+    assert redis.zcard(keys.RUNS_RUNNING) == 1
+
+
+def test_starting_in_a_gone_conversation_raises_gone(redis, lifetimes):
+    with pytest.raises(ConversationGone):
+        start(redis, "gone-conversation", lifetimes, user_message=user_message())
+    assert redis.zcard(keys.RUNS_RUNNING) == 0
+
+
+def test_write_reply_streams_chunks_and_stores_the_reply_once(redis, conversation_id, lifetimes):
+    run = start(
+        redis, conversation_id, lifetimes, user_message=user_message("Why is the sea salty?")
+    )
+    provider = ScriptedProvider(["Rivers ", "carry ", "minerals."])
+    assert runs.write_reply(redis, provider, run, lifetimes, SETTINGS) == runs.DONE
+    assert provider.seen == [([("user", "Why is the sea salty?")], "")]
+    reply = conversations.read_messages(redis, conversation_id)[-1]
+    assert (reply.id, reply.role, reply.content, reply.status) == (
+        run.id, "assistant", "Rivers carry minerals.", None,
+    )  # fmt: skip
+    assert runs.run_text(redis, run)[0] == "Rivers carry minerals."
+    assert runs.finish_run(redis, run, runs.DONE, lifetimes, SETTINGS) is False
+    assert len(conversations.read_messages(redis, conversation_id)) == 2
+    assert redis.zcard(keys.RUNS_RUNNING) == 0
+    assert 0 < redis.ttl(keys.run_events(conversation_id, run.id)) <= SETTINGS.events_ttl_after_end
+
+
+def test_events_replay_from_any_point_and_end_with_the_status(redis, conversation_id, lifetimes):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    for chunk in ["one ", "two ", "three"]:
+        assert runs.add_chunk(redis, run, chunk, SETTINGS)
+    runs.finish_run(redis, run, runs.DONE, lifetimes, SETTINGS)
+    events = runs.read_events(redis, conversation_id, run.id, "0-0", block_ms=10)
+    assert [e.text for e in events[:-1]] == ["one ", "two ", "three"]
+    assert events[-1].status == "done"
+    rest = list(runs.follow(redis, conversation_id, run.id, events[0].id, block_ms=10))
+    assert "".join(e.text for e in rest) == "two three"
+    assert rest[-1].status == "done"
+
+
+def test_stop_keeps_the_partial_and_the_writer_stops(redis, conversation_id, lifetimes):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    assert runs.add_chunk(redis, run, "Half of ", SETTINGS)
+    assert runs.request_stop(redis, run, lifetimes, SETTINGS) is True
+    assert runs.add_chunk(redis, run, "the rest", SETTINGS) is False
+    reply = conversations.read_messages(redis, conversation_id)[-1]
+    assert (reply.content, reply.status) == ("Half of ", "stopped")
+    assert runs.latest_run(redis, conversation_id).status == "stopped"
+
+
+def test_writer_that_finds_its_run_stopped_leaves_it_stopped(redis, conversation_id, lifetimes):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+
+    class StopsMidway(ScriptedProvider):
+        def stream_reply(self, turns, prefix=""):
+            yield "Before "
+            runs.request_stop(redis, run, lifetimes, SETTINGS)
+            yield "after"
+
+    assert runs.write_reply(redis, StopsMidway([]), run, lifetimes, SETTINGS) == "stopped"
+    assert conversations.read_messages(redis, conversation_id)[-1].content == "Before "
+
+
+def test_busy_model_fails_the_run_and_stores_no_reply(redis, conversation_id, lifetimes):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    provider = ScriptedProvider([], error=ModelBusy("overloaded", request_id="req_1"))
+    assert runs.write_reply(redis, provider, run, lifetimes, SETTINGS) == "failed"
+    assert [m.role for m in conversations.read_messages(redis, conversation_id)] == ["user"]
+    failed = runs.latest_run(redis, conversation_id)
+    assert (failed.status, failed.error_kind) == ("failed", "busy")
+    assert redis.hget(keys.conversation_run(conversation_id), "request_id") == "req_1"
+
+
+def test_continue_replaces_the_partial_with_the_whole_reply(redis, conversation_id, lifetimes):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    broken = ScriptedProvider(["The first ", "half"], error=ModelStreamBroken("cut"))
+    assert runs.write_reply(redis, broken, run, lifetimes, SETTINGS) == "failed"
+    partial = conversations.read_messages(redis, conversation_id)[-1]
+    assert (partial.content, partial.status) == ("The first half", "failed")
+
+    again = start(
+        redis,
+        conversation_id,
+        lifetimes,
+        replacing=runs.latest_run(redis, conversation_id),
+        prefix=partial.content,
+    )
+    rest = ScriptedProvider([" and the second half."])
+    assert (
+        runs.write_reply(redis, rest, again, lifetimes, SETTINGS, prefix=partial.content) == "done"
+    )
+    assert rest.seen[0] == ([("user", "Tell me about tides")], "The first half")
+    stored = conversations.read_messages(redis, conversation_id)
+    assert [m.role for m in stored] == ["user", "assistant"]
+    assert (stored[-1].id, stored[-1].content, stored[-1].status) == (
+        run.id, "The first half and the second half.", None,
+    )  # fmt: skip
+
+
+def test_retry_after_a_busy_failure_appends_the_reply(redis, conversation_id, lifetimes):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    runs.write_reply(redis, ScriptedProvider([], error=ModelBusy("busy")), run, lifetimes, SETTINGS)
+    again = start(
+        redis, conversation_id, lifetimes, replacing=runs.latest_run(redis, conversation_id)
+    )
+    runs.write_reply(redis, ScriptedProvider(["Now it works."]), again, lifetimes, SETTINGS)
+    assert [m.content for m in conversations.read_messages(redis, conversation_id)][1:] == [
+        "Now it works."
+    ]
+
+
+def test_reaper_interrupts_only_stale_runs(redis, lifetimes):
+    stale_id = conversations.create_conversation(redis, OWNER, lifetimes)
+    fresh_id = conversations.create_conversation(redis, OWNER, lifetimes)
+    stale = start(redis, stale_id, lifetimes, user_message=user_message())
+    fresh = start(redis, fresh_id, lifetimes, user_message=user_message())
+    runs.add_chunk(redis, stale, "Written before the crash", SETTINGS)
+    old = time.time() - 60
+    redis.hset(keys.conversation_run(stale_id), "heartbeat_at", old)
+    redis.zadd(keys.RUNS_RUNNING, {stale.index_member: old})
+
+    assert runs.reap_stale_runs(redis, lifetimes, SETTINGS) == 1
+    assert runs.latest_run(redis, stale_id).status == "interrupted"
+    assert runs.latest_run(redis, fresh_id).status == "running"
+    partial = conversations.read_messages(redis, stale_id)[-1]
+    assert (partial.content, partial.status) == ("Written before the crash", "interrupted")
+    assert redis.zrange(keys.RUNS_RUNNING, 0, -1) == [fresh.index_member]
+
+
+def test_reaper_spares_a_run_whose_heartbeat_came_back(redis, conversation_id, lifetimes):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    redis.zadd(keys.RUNS_RUNNING, {run.index_member: time.time() - 60})  # index lags behind
+    assert runs.reap_stale_runs(redis, lifetimes, SETTINGS) == 0
+    assert runs.latest_run(redis, conversation_id).status == "running"
+
+
+def test_heartbeat_reports_runs_that_ended_elsewhere(redis, conversation_id, lifetimes):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    assert runs.beat(redis, [run], SETTINGS) == []
+    runs.request_stop(redis, run, lifetimes, SETTINGS)
+    assert runs.beat(redis, [run], SETTINGS) == [run]
+
+
+def test_run_keys_share_the_transcript_lifetime(redis, conversation_id, lifetimes):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    runs.add_chunk(redis, run, "text", SETTINGS)
+    retention = lifetimes.transcript_retention
+    for key in (keys.conversation_run(conversation_id), keys.run_events(conversation_id, run.id)):
+        assert retention - 10 < redis.ttl(key) <= retention
+    runs.finish_run(redis, run, runs.DONE, lifetimes, SETTINGS)
+    for key in (
+        *keys.conversation_keys(conversation_id)[:2],
+        keys.conversation_run(conversation_id),
+    ):
+        assert retention - 10 < redis.ttl(key) <= retention
