@@ -223,3 +223,18 @@ def test_run_keys_share_the_transcript_lifetime(redis, conversation_id, lifetime
         keys.conversation_run(conversation_id),
     ):
         assert retention - 10 < redis.ttl(key) <= retention
+
+
+def test_a_watcher_waits_for_a_run_that_has_not_written_yet(redis, conversation_id, lifetimes):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    watching = runs.follow(redis, conversation_id, run.id, "0-0", block_ms=10)
+    assert next(watching) is None  # nothing yet, but the run is running: keep waiting
+    runs.add_chunk(redis, run, "First words", SETTINGS)
+    assert next(watching).text == "First words"
+
+
+def test_a_watcher_of_a_run_with_no_events_left_ends(redis, conversation_id, lifetimes):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    runs.finish_run(redis, run, runs.FAILED, lifetimes, SETTINGS)
+    redis.delete(keys.run_events(conversation_id, run.id))
+    assert list(runs.follow(redis, conversation_id, run.id, "0-0", block_ms=10)) == []

@@ -328,13 +328,16 @@ def follow(
     """Replay the run's events after ``after`` and follow it live, until its end event.
 
     Yields None after each wait with nothing new, so callers can send keep-alives. Ends
-    without an end event if the run's events are gone.
+    without an end event if the run's events are gone (a run not yet written to has none
+    yet, and is waited for).
     """
     while True:
         events = read_events(r, conversation_id, run_id, after, block_ms)
         if not events:
             if not r.exists(keys.run_events(conversation_id, run_id)):
-                return
+                latest = latest_run(r, conversation_id)
+                if latest is None or latest.id != run_id or not latest.running:
+                    return
             yield None
             continue
         for event in events:
