@@ -66,6 +66,7 @@ def make_app(real_redis, redis_server, tmp_path):
                 "SESSION_MAX_SECONDS": 3600,
                 "TRANSCRIPT_RETENTION_SECONDS": 600,
                 "OFFLINE_CHUNK_DELAY_SECONDS": 0,
+                "MODEL_CALLS_PER_MINUTE": 1000,
                 **overrides,
             }
         )

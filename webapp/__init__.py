@@ -6,10 +6,10 @@ from pathlib import Path
 
 from flask import Flask
 
-from webapp import config, llm, rendering, security, storage
+from webapp import config, llm, rate_limits, rendering, security, storage
 from webapp.run_worker import RunWorker
 from webapp.storage.embedded import EmbeddedRedis
-from webapp.views import chat, errors, ops
+from webapp.views import auth, chat, errors, identity, ops
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_PATH = Path(os.environ.get("FLASK_INSTANCE_PATH", PROJECT_ROOT / "instance"))
@@ -38,7 +38,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     rendering.init_app(app)
     security.init_app(app)
-    for blueprint in (chat.bp, ops.bp, errors.bp):
+    identity.init_app(app)
+    rate_limits.init_app(app)
+    for blueprint in (chat.bp, auth.bp, ops.bp, errors.bp):
         app.register_blueprint(blueprint)
     return app
 

@@ -6,7 +6,7 @@ import signal
 import click
 from gunicorn.app.base import BaseApplication
 
-from webapp import INSTANCE_PATH, conversations, create_app, start_embedded_redis
+from webapp import INSTANCE_PATH, accounts, conversations, create_app, start_embedded_redis
 from webapp.storage import get_redis
 
 
@@ -67,6 +67,30 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
             "post_worker_init": _interrupt_runs_on_sigterm,
         }
     ).run()
+
+
+@main.command("create-admin")
+@click.argument("username")
+def create_admin(username: str) -> None:
+    """Make USERNAME an admin (creating the account if needed), with a password read from a
+    prompt or, when piped, from the first line of standard input."""
+    if click.get_text_stream("stdin").isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = click.get_text_stream("stdin").readline().rstrip("\n")
+    app = create_app()
+    with app.app_context():
+        r = get_redis()
+        try:
+            user = accounts.find_user(r, username)
+            if user is None:
+                user = accounts.register(r, username, password)
+            else:
+                accounts.set_password(r, user, password)
+        except accounts.AccountRejected as error:
+            raise click.ClickException(str(error)) from error
+        accounts.make_admin(r, user)
+    click.echo(f"{username} is an admin.")
 
 
 @main.command()

@@ -30,6 +30,10 @@ DEFAULTS = {
     "SUMMARY_MODEL": "claude-haiku-5-5",
     "ALLOW_GUESTS": True,
     "ALLOW_REGISTRATION": True,
+    # A login without "remember me" ends this long after it began.
+    "LOGIN_SECONDS": 86400,
+    # Replies (and other model calls) one person may ask for per minute.
+    "MODEL_CALLS_PER_MINUTE": 20,
     # The longest message a user may send, in characters.
     "MAX_MESSAGE_CHARS": 16_000,
     # The largest request body, in bytes.

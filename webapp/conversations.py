@@ -13,7 +13,12 @@ from dataclasses import asdict, dataclass
 import redis
 
 from webapp.storage import keys
-from webapp.storage.scripts import APPEND_MESSAGE_AND_TOUCH, CONVERSATION_GONE, execute_pipeline
+from webapp.storage.scripts import (
+    APPEND_MESSAGE_AND_TOUCH,
+    CHANGE_OWNER,
+    CONVERSATION_GONE,
+    execute_pipeline,
+)
 
 DEDUPE_WINDOW = 128
 """A message whose id is among this many newest messages is not stored again.
@@ -201,6 +206,31 @@ def list_conversations(r: redis.Redis, owner: str, limit: int = 100) -> list[Con
         for conversation_id, meta in zip(ids, pipe.execute(), strict=True)
         if meta
     ]
+
+
+def move_conversations(r: redis.Redis, from_owner: str, to_owner: str) -> int:
+    """Give every live conversation of ``from_owner`` to ``to_owner`` (a guest's, on
+    logging in). Returns how many moved."""
+    source, target = keys.owner_conversations(from_owner), keys.owner_conversations(to_owner)
+    entries = r.zrange(source, 0, -1, withscores=True)
+
+    def queue(pipe):
+        for conversation_id, _ in entries:
+            CHANGE_OWNER.queue(
+                pipe, [keys.conversation_meta(conversation_id)], [from_owner, to_owner]
+            )
+
+    moved = execute_pipeline(r, queue) if entries else []
+    kept = {cid: score for (cid, score), changed in zip(entries, moved, strict=True) if changed}
+    if kept:
+        retention = max(r.ttl(source), 1)
+        pipe = r.pipeline(transaction=False)
+        pipe.zadd(target, kept)
+        pipe.expire(target, retention, gt=True)
+        pipe.expire(target, retention, nx=True)
+        pipe.execute()
+    r.delete(source)
+    return len(kept)
 
 
 def sweep_indexes(r: redis.Redis, batch: int = 500) -> int:

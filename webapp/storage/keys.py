@@ -60,5 +60,24 @@ def owner_conversations(owner: str) -> str:
     return f"{PREFIX}:owner:{{{owner}}}:conversations"
 
 
+def user_profile(user_id: str) -> str:
+    """Hash: username, password_hash, is_admin, created_at. No TTL."""
+    return f"{PREFIX}:user:{{{user_id}}}:profile"
+
+
+def user_logins(user_id: str) -> str:
+    """Sorted set: the user's live login tokens, scored by when each ends. TTL: the longest."""
+    return f"{PREFIX}:user:{{{user_id}}}:logins"
+
+
+USERNAMES = f"{PREFIX}:usernames"
+"""Hash: lower-cased username -> user id. No TTL."""
+
+
+def login_failures(username: str) -> str:
+    """Hash: consecutive failed logins for a username (count, until). TTL: one day."""
+    return f"{PREFIX}:login-failures:{{{username.lower()}}}"
+
+
 OWNER_CONVERSATIONS_PATTERN = f"{PREFIX}:owner:*:conversations"
 """SCAN pattern matching every owner's conversation index."""

@@ -212,7 +212,20 @@ return 1
 """
 )
 
-ALL_SCRIPTS = (APPEND_MESSAGE_AND_TOUCH, START_RUN, ADD_RUN_CHUNK, FINISH_RUN)
+CHANGE_OWNER = AtomicScript(
+    """
+-- Gives a conversation to another owner, only if it still exists and has the expected one
+-- (so an expired conversation is never recreated without its TTL).
+-- KEYS[1] the conversation's meta hash
+-- ARGV[1] the owner it has, ARGV[2] the owner it gets
+-- Returns 1 if it changed hands, else 0.
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+return 1
+"""
+)
+
+ALL_SCRIPTS = (APPEND_MESSAGE_AND_TOUCH, START_RUN, ADD_RUN_CHUNK, FINISH_RUN, CHANGE_OWNER)
 
 
 def execute_pipeline(

@@ -16,8 +16,9 @@ from flask import (
     request,
     url_for,
 )
+from flask_login import current_user
 
-from webapp import config, conversations, runs
+from webapp import config, conversations, rate_limits, runs
 from webapp.conversations import Conversation, Message, MessageRejected
 from webapp.runs import Run, RunInProgress
 from webapp.storage import WATCH_BLOCK_MS, get_blocking_redis, get_redis
@@ -27,6 +28,10 @@ bp = Blueprint("chat", __name__)
 
 EVENT_ID = re.compile(r"^\d+-\d+$")
 RUN_IN_PROGRESS_TEXT = "A reply is still being written. Wait for it to finish, or stop it."
+TOO_MANY_TEXT = (
+    "You're asking faster than the assistant can answer. Wait a minute, then send again: "
+    "your message is still in the box."
+)
 
 
 def _worker():
@@ -45,11 +50,26 @@ def _message_from_form() -> Message:
 
 
 def _owned_conversation(conversation_id: str) -> Conversation:
-    """The conversation if it exists and belongs to this browser; 404 otherwise."""
+    """The conversation if it exists and belongs to this visitor; 404 otherwise. A visitor
+    who is not logged in is first asked to log in if an account owns it."""
     conversation = conversations.get_conversation(get_redis(), conversation_id)
-    if conversation is None or conversation.owner != current_owner():
+    if conversation is None:
+        abort(404)
+    if conversation.owner.startswith("user:") and not current_user.is_authenticated:
+        abort(redirect(url_for("auth.login", next=request.full_path.rstrip("?"))))
+    if conversation.owner != current_owner():
         abort(404)
     return conversation
+
+
+class TooManyModelCalls(Exception):
+    """This person asked for more replies per minute than allowed."""
+
+
+def _count_model_call() -> None:
+    """Count a model call for this visitor; TooManyModelCalls once over the limit."""
+    if not rate_limits.allow_model_call(current_owner()):
+        raise TooManyModelCalls
 
 
 def _start_reply(conversation_id: str, **how) -> Run | None:
@@ -77,10 +97,14 @@ def index():
 
 @bp.post("/")
 def start():
+    draft = request.form.get("text", "")
     try:
         message = _message_from_form()
+        _count_model_call()
     except MessageRejected as error:
-        return _render_index(error=str(error), draft=request.form.get("text", "")), 400
+        return _render_index(error=str(error), draft=draft), 400
+    except TooManyModelCalls:
+        return _render_index(error=TOO_MANY_TEXT, draft=draft), 429
     conversation_id = conversations.create_conversation(
         get_redis(), current_owner(), config.lifetimes(current_app.config)
     )
@@ -98,11 +122,15 @@ def send(conversation_id: str):
     conversation = _owned_conversation(conversation_id)
     draft = request.form.get("text", "")
     try:
-        _start_reply(conversation.id, user_message=_message_from_form())
+        message = _message_from_form()
+        _count_model_call()
+        _start_reply(conversation.id, user_message=message)
     except MessageRejected as error:
         return _render_conversation(conversation, error=str(error), draft=draft), 400
     except RunInProgress:
         return _render_conversation(conversation, error=RUN_IN_PROGRESS_TEXT, draft=draft), 409
+    except TooManyModelCalls:
+        return _render_conversation(conversation, error=TOO_MANY_TEXT, draft=draft), 429
     return _to_latest(conversation.id)
 
 
@@ -148,6 +176,10 @@ def _redo(conversation_id: str, run_id: str, carry_on: bool):
         last = conversations.read_messages(get_redis(), conversation.id, -1, -1)
         if last and last[0].id == run.message_id:
             prefix = last[0].content.rstrip()
+    try:
+        _count_model_call()
+    except TooManyModelCalls:
+        return _render_conversation(conversation, error=TOO_MANY_TEXT), 429
     # If another tab pressed it first, its run is the one to watch.
     with contextlib.suppress(RunInProgress):
         _start_reply(conversation.id, replacing=run, prefix=prefix)

@@ -1,13 +1,85 @@
-"""Who is asking: for now a guest, identified by a random id kept in the signed cookie."""
+"""Who is asking: an account holder (Flask-Login, checked against Redis on every request)
+or a guest, identified by a random id kept in the signed session cookie."""
 
 import secrets
+from datetime import timedelta
 
-from flask import session
+from flask import Flask, abort, current_app, redirect, request, session, url_for
+from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
+
+from webapp import accounts
+from webapp.accounts import User
+from webapp.storage import get_redis
+
+REMEMBER_SECONDS = 30 * 86400
+"""Remember-me lasts at most 30 days (Flask-Login's default is a year)."""
+
+login_manager = LoginManager()
+login_manager.login_view = "auth.login"
+login_manager.login_message = "Log in to see that page."
+
+
+class LoginUser(UserMixin):
+    """The logged-in user, with the token of this login."""
+
+    def __init__(self, user: User, token: str) -> None:
+        self.user, self.token = user, token
+        self.username, self.is_admin, self.owner = user.username, user.is_admin, user.owner
+
+    def get_id(self) -> str:
+        return f"{self.user.id}:{self.token}"
+
+
+@login_manager.user_loader
+def _load_login(login_id: str) -> LoginUser | None:
+    user_id, _, token = login_id.partition(":")
+    user = accounts.user_of_login(get_redis(), user_id, token)
+    return LoginUser(user, token) if user else None
+
+
+def init_app(app: Flask) -> None:
+    app.config.update(
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=REMEMBER_SECONDS),
+        REMEMBER_COOKIE_DURATION=timedelta(seconds=REMEMBER_SECONDS),
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+    )
+    login_manager.init_app(app)
+
+
+def guest_owner() -> str | None:
+    """This browser's guest identity, if it has one."""
+    return f"guest:{session['guest_id']}" if "guest_id" in session else None
 
 
 def current_owner() -> str:
-    """The owner string of this browser's conversations, made on first use."""
+    """The owner string of the conversations this visitor may see: their account's, or this
+    browser's (made on first use). Sends visitors to log in when guests are not allowed."""
+    if current_user.is_authenticated:
+        return current_user.owner
+    if not current_app.config["ALLOW_GUESTS"]:
+        abort(redirect(url_for("auth.login", next=request.full_path)))
     if "guest_id" not in session:
         session["guest_id"] = secrets.token_urlsafe(16)
         session.permanent = True
     return f"guest:{session['guest_id']}"
+
+
+def log_in(user: User, remember: bool) -> None:
+    """Start a new login: a fresh session (keeping only this browser's guest id, so its
+    conversations can be moved into the account) and a new token checked on each request."""
+    guest_id = session.get("guest_id")
+    session.clear()
+    lifetime = REMEMBER_SECONDS if remember else int(current_app.config["LOGIN_SECONDS"])
+    token = accounts.start_login(get_redis(), user, lifetime)
+    login_user(LoginUser(user, token), remember=remember)
+    session.permanent = remember
+    if guest_id:
+        session["guest_id"] = guest_id
+
+
+def log_out() -> None:
+    """End this login for good: its token is removed, so a replayed cookie is refused."""
+    if current_user.is_authenticated:
+        accounts.end_login(get_redis(), current_user.user.id, current_user.token)
+    logout_user()

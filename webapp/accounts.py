@@ -1,0 +1,175 @@
+"""Accounts: users with argon2 password hashes, logins that can be ended, login throttling.
+
+A login is a random token kept in the user's set of logins in Redis, and in the user's
+cookie. Every request checks the token there, so logout (which removes it) and "sign out
+everywhere" (which removes them all) make old cookies useless, even replayed ones.
+"""
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from webapp.storage import keys
+
+USERNAME = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
+PASSWORD_MIN, PASSWORD_MAX = 8, 256
+FREE_FAILURES = 10
+"""Consecutive failed logins per username before each further try must wait."""
+MAX_WAIT_SECONDS = 15 * 60
+FAILURES_KEPT_SECONDS = 86400
+
+_hasher = PasswordHasher()
+# Verifying against this when the username is unknown takes as long as a real check, so
+# the answer's timing does not tell whether the account exists.
+_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+class AccountRejected(ValueError):
+    """The registration cannot be made; the message says why, for the page."""
+
+
+class LoginRefused(Exception):
+    """Wrong username or password, or too many failures: ``retry_after`` seconds to wait."""
+
+    def __init__(self, retry_after: int = 0) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    username: str
+    is_admin: bool
+    created_at: float
+
+    @property
+    def owner(self) -> str:
+        """The owner string of this user's conversations."""
+        return f"user:{self.id}"
+
+
+def _user(user_id: str, profile: dict) -> User:
+    return User(
+        id=user_id,
+        username=profile["username"],
+        is_admin=profile.get("is_admin") == "1",
+        created_at=float(profile["created_at"]),
+    )
+
+
+def register(r: redis.Redis, username: str, password: str) -> User:
+    """Create an account, or raise AccountRejected with a reason a user can act on."""
+    if not USERNAME.match(username):
+        raise AccountRejected(
+            "A username has 3 to 32 letters, digits, dots, dashes or underscores."
+        )
+    _check_password(password)
+    user_id = secrets.token_urlsafe(12)
+    if not r.hsetnx(keys.USERNAMES, username.lower(), user_id):
+        raise AccountRejected("That username is taken. Choose another.")
+    now = time.time()
+    r.hset(
+        keys.user_profile(user_id),
+        mapping={"username": username, "password_hash": _hasher.hash(password), "created_at": now},
+    )
+    return User(user_id, username, is_admin=False, created_at=now)
+
+
+def find_user(r: redis.Redis, username: str) -> User | None:
+    user_id = r.hget(keys.USERNAMES, username.lower())
+    return get_user(r, user_id) if user_id else None
+
+
+def get_user(r: redis.Redis, user_id: str) -> User | None:
+    profile = r.hgetall(keys.user_profile(user_id))
+    return _user(user_id, profile) if profile else None
+
+
+def _check_password(password: str) -> None:
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        raise AccountRejected(
+            f"A password has {PASSWORD_MIN} to {PASSWORD_MAX} characters; "
+            "a few unrelated words make a good one."
+        )
+
+
+def set_password(r: redis.Redis, user: User, password: str) -> None:
+    _check_password(password)
+    r.hset(keys.user_profile(user.id), "password_hash", _hasher.hash(password))
+
+
+def make_admin(r: redis.Redis, user: User) -> None:
+    r.hset(keys.user_profile(user.id), "is_admin", "1")
+
+
+def authenticate(r: redis.Redis, username: str, password: str) -> User:
+    """The user whose password this is; LoginRefused otherwise.
+
+    After FREE_FAILURES consecutive failures for a username (existing or not), each try
+    waits a delay that doubles with every further failure, up to MAX_WAIT_SECONDS; a
+    success resets the count.
+    """
+    failures_key = keys.login_failures(username)
+    failures = r.hgetall(failures_key)
+    wait = float(failures.get("until", 0)) - time.time()
+    if wait > 0:
+        raise LoginRefused(retry_after=int(wait) + 1)
+    user_id = r.hget(keys.USERNAMES, username.lower())
+    stored = r.hget(keys.user_profile(user_id), "password_hash") if user_id else None
+    try:
+        _hasher.verify(stored or _DUMMY_HASH, password)
+        if stored is None:
+            raise VerificationError
+    except (VerificationError, InvalidHashError):
+        count = r.hincrby(failures_key, "count", 1)
+        if count >= FREE_FAILURES:
+            delay = min(2 ** (count - FREE_FAILURES), MAX_WAIT_SECONDS)
+            r.hset(failures_key, "until", time.time() + delay)
+        r.expire(failures_key, FAILURES_KEPT_SECONDS)
+        raise LoginRefused() from None
+    r.delete(failures_key)
+    return get_user(r, user_id)
+
+
+def start_login(r: redis.Redis, user: User, lifetime_seconds: int) -> str:
+    """A new login token for ``user``, valid for ``lifetime_seconds``."""
+    token = secrets.token_urlsafe(24)
+    now = time.time()
+    logins = keys.user_logins(user.id)
+    pipe = r.pipeline(transaction=False)
+    pipe.zremrangebyscore(logins, "-inf", now)  # forget logins that have ended
+    pipe.zadd(logins, {token: now + lifetime_seconds})
+    pipe.expire(logins, lifetime_seconds, gt=True)
+    pipe.expire(logins, lifetime_seconds, nx=True)
+    pipe.execute()
+    return token
+
+
+def user_of_login(r: redis.Redis, user_id: str, token: str) -> User | None:
+    """The user if ``token`` is one of their live logins (one round trip), else None."""
+    pipe = r.pipeline(transaction=False)
+    pipe.zscore(keys.user_logins(user_id), token)
+    pipe.hgetall(keys.user_profile(user_id))
+    ends_at, profile = pipe.execute()
+    if ends_at is None or ends_at < time.time() or not profile:
+        return None
+    return _user(user_id, profile)
+
+
+def end_login(r: redis.Redis, user_id: str, token: str) -> None:
+    r.zrem(keys.user_logins(user_id), token)
+
+
+def sign_out_everywhere(r: redis.Redis, user_id: str) -> int:
+    """End every login of the user; returns how many were live."""
+    pipe = r.pipeline(transaction=True)
+    pipe.zcount(keys.user_logins(user_id), time.time(), "+inf")
+    pipe.delete(keys.user_logins(user_id))
+    live, _ = pipe.execute()
+    return live
