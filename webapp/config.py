@@ -30,6 +30,8 @@ DEFAULTS = {
     "SUMMARY_MODEL": "claude-haiku-5-5",
     "ALLOW_GUESTS": True,
     "ALLOW_REGISTRATION": True,
+    # How many reverse proxies stand in front of the app (their X-Forwarded-* are trusted).
+    "TRUSTED_PROXIES": 0,
     # A login without "remember me" ends this long after it began.
     "LOGIN_SECONDS": 86400,
     # Replies (and other model calls) one person may ask for per minute.

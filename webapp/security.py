@@ -1,7 +1,8 @@
-"""CSRF protection and the security headers every response carries."""
+"""CSRF protection, the security headers every response carries, and Secure cookies."""
 
-from flask import Flask, request
+from flask import Flask
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 csrf = CSRFProtect()
 
@@ -14,19 +15,40 @@ CONTENT_SECURITY_POLICY = (
 def init_app(app: Flask) -> None:
     csrf.init_app(app)
     app.after_request(_add_security_headers)
+    app.wsgi_app = SecureCookiesOverHttps(app.wsgi_app)
+    proxies = int(app.config["TRUSTED_PROXIES"])
+    if proxies:
+        # Behind that many proxies, trust their X-Forwarded-For and -Proto: the client's
+        # address (for rate limits) and whether it came over HTTPS (for Secure cookies).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)
 
 
 def _add_security_headers(response):
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "same-origin"
-    if request.is_secure:
-        # Served over HTTPS (directly, or behind a proxy that says so): no cookie is ever
-        # sent back over plain HTTP.
-        cookies = response.headers.getlist("Set-Cookie")
-        response.headers.remove("Set-Cookie")
-        for cookie in cookies:
-            response.headers.add(
-                "Set-Cookie", cookie if "; Secure" in cookie else f"{cookie}; Secure"
-            )
     return response
+
+
+class SecureCookiesOverHttps:
+    """WSGI middleware: a response served over HTTPS marks every cookie Secure, so it is
+    never sent back over plain HTTP. (It wraps the whole app because Flask writes the
+    session cookie after every after_request hook has run.)"""
+
+    def __init__(self, wsgi_app) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        if environ.get("wsgi.url_scheme") != "https":
+            return self.wsgi_app(environ, start_response)
+
+        def start_secure(status, headers, exc_info=None):
+            headers = [
+                (name, f"{value}; Secure")
+                if name.lower() == "set-cookie" and "; Secure" not in value
+                else (name, value)
+                for name, value in headers
+            ]
+            return start_response(status, headers, exc_info)
+
+        return self.wsgi_app(environ, start_secure)
