@@ -12,7 +12,11 @@ from webapp.storage import keys
 
 OWNER = "guest:runner"
 SETTINGS = RunSettings(
-    max_events=100, events_ttl_after_end=30, heartbeat_seconds=1, stale_seconds=5
+    max_events=100,
+    events_ttl_after_end=30,
+    heartbeat_seconds=1,
+    stale_seconds=5,
+    context_budget_tokens=10_000,
 )
 
 
@@ -37,7 +41,7 @@ class ScriptedProvider:
     def __init__(self, chunks, error=None):
         self.chunks, self.error, self.seen = chunks, error, []
 
-    def stream_reply(self, turns, prefix=""):
+    def stream_reply(self, turns, prefix="", note=""):
         self.seen.append(([(t.role, t.content) for t in turns], prefix))
         yield from self.chunks
         if self.error:
@@ -122,7 +126,7 @@ def test_writer_that_finds_its_run_stopped_leaves_it_stopped(redis, conversation
     run = start(redis, conversation_id, lifetimes, user_message=user_message())
 
     class StopsMidway(ScriptedProvider):
-        def stream_reply(self, turns, prefix=""):
+        def stream_reply(self, turns, prefix="", note=""):
             yield "Before "
             runs.request_stop(redis, run, lifetimes, SETTINGS)
             yield "after"

@@ -64,6 +64,9 @@ DEFAULTS = {
     "RUN_EVENTS_TTL_SECONDS": 3600,
     # Replies written at once by one process.
     "RUN_THREADS": 16,
+    # The working context's budget, in estimated tokens (about four characters each): above
+    # it, its oldest part is replaced by a summary.
+    "CONTEXT_BUDGET_TOKENS": 100_000,
     # Vendor settings, read without the FLASK_ prefix.
     "REDIS_URL": None,
     "ANTHROPIC_API_KEY": None,
@@ -117,4 +120,5 @@ def run_settings(config: dict) -> RunSettings:
         events_ttl_after_end=int(config["RUN_EVENTS_TTL_SECONDS"]),
         heartbeat_seconds=float(config["RUN_HEARTBEAT_SECONDS"]),
         stale_seconds=float(config["RUN_STALE_SECONDS"]),
+        context_budget_tokens=int(config["CONTEXT_BUDGET_TOKENS"]),
     )

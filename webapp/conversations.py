@@ -57,7 +57,7 @@ class Message:
     created_at: float
     status: str | None = None
     """None for a whole message; for a reply cut short, how its run ended (stopped,
-    interrupted, failed)."""
+    interrupted, failed); for a note, what wrote it (model, extractive, browser)."""
 
     def to_json(self) -> str:
         """Compact JSON, as stored in the messages list; fields left at None are omitted."""
@@ -104,15 +104,27 @@ def validate_user_text(text: str, max_chars: int) -> str:
 
 
 def create_conversation(r: redis.Redis, owner: str, lifetimes: Lifetimes) -> str:
-    """Create an empty conversation for ``owner`` and list it in the owner's index."""
+    """Create an empty conversation for ``owner``, with its session begun, and list it in
+    the owner's index."""
     conversation_id = new_id()
     now = time.time()
     meta = keys.conversation_meta(conversation_id)
+    session = keys.conversation_session(conversation_id)
     index = keys.owner_conversations(owner)
+    session_ttl = min(lifetimes.session_idle, lifetimes.session_max)
 
     def queue(pipe):
         pipe.hset(meta, mapping={"owner": owner, "created_at": now, "updated_at": now})
         pipe.expire(meta, lifetimes.transcript_retention)
+        pipe.hset(
+            session,
+            mapping={
+                "started_at": int(now),
+                "expires_at": int(now) + session_ttl,
+                "context_from": 0,
+            },
+        )
+        pipe.expire(session, session_ttl)
         pipe.zadd(index, {conversation_id: now})
         pipe.expire(index, lifetimes.transcript_retention)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
+from webapp import lifecycle
 from webapp.conversations import (
     DEDUPE_WINDOW,
     ConversationGone,
@@ -20,7 +21,6 @@ from webapp.conversations import (
     Message,
     make_title,
     new_id,
-    read_messages,
 )
 from webapp.llm import ModelError, Provider
 from webapp.storage import keys
@@ -29,6 +29,7 @@ from webapp.storage.scripts import (
     CONVERSATION_GONE,
     FINISH_RUN,
     RUN_IN_PROGRESS,
+    SESSION_EXPIRED,
     START_RUN,
     execute_pipeline,
 )
@@ -39,6 +40,10 @@ ENDED_EARLY = (INTERRUPTED, STOPPED, FAILED)
 
 class RunInProgress(RuntimeError):
     """The conversation's latest reply is still being written."""
+
+
+class SessionExpired(RuntimeError):
+    """The conversation's session is over: catch up or start fresh before writing on."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class RunSettings:
     heartbeat_seconds: float
     stale_seconds: float
     """A running run whose heartbeat is older than this is interrupted by the reaper."""
+    context_budget_tokens: int
+    """Above this estimate the oldest part of the context is compacted into a summary."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,7 @@ def start_run(
 
     ``replacing`` is the run whose reply this one continues (with ``prefix``, its text) or
     retries. Returns the new run, or None when ``user_message`` was a repeat.
-    Raises RunInProgress or ConversationGone.
+    Raises RunInProgress, SessionExpired or ConversationGone.
     """
     run_id = new_id()
     message_id = replacing.message_id if replacing else run_id
@@ -160,6 +167,8 @@ def start_run(
         raise RunInProgress(conversation_id) from refusal
     if str(refusal).endswith(CONVERSATION_GONE):
         raise ConversationGone(conversation_id) from refusal
+    if str(refusal).endswith(SESSION_EXPIRED):
+        raise SessionExpired(conversation_id) from refusal
     raise refusal
 
 
@@ -278,9 +287,11 @@ def write_reply(
 
     Returns the status it ended with (or found, if something else ended it first).
     """
-    turns = [m for m in read_messages(r, run.conversation_id) if m.id != run.message_id]
+    context = lifecycle.compact_if_needed(
+        r, provider, run.conversation_id, settings.context_budget_tokens, leave_out=run.message_id
+    )
     try:
-        for chunk in provider.stream_reply(turns, prefix=prefix):
+        for chunk in provider.stream_reply(context.turns, prefix=prefix, note=context.note):
             if chunk and not add_chunk(r, run, chunk, settings):
                 return latest_status(r, run)
     except ModelError as error:

@@ -13,6 +13,12 @@ class Turn(Protocol):
     content: str
 
 
+NOTE_INTRODUCTION = (
+    "You are continuing an earlier conversation with this user. These are your notes of "
+    "what came before; rely on them as your own memory:"
+)
+
+
 class ModelError(Exception):
     """The model could not write (all of) a reply. ``kind`` names the case for the page."""
 
@@ -47,12 +53,17 @@ class Provider(Protocol):
     name: str
     """Shown in the page header, e.g. "offline model"."""
 
-    def stream_reply(self, turns: Sequence[Turn], prefix: str = "") -> Iterator[str]:
+    def stream_reply(
+        self, turns: Sequence[Turn], prefix: str = "", note: str = ""
+    ) -> Iterator[str]:
         """Yield the reply to the last user turn, chunk by chunk, carrying on from ``prefix``
-        (text of the reply already written) if given. Raises ModelError."""
+        (text of the reply already written) if given. ``note`` is what the model should know
+        of the conversation before ``turns`` (a summary), never shown as a message.
+        Raises ModelError."""
 
     def summarise(self, turns: Sequence[Turn]) -> str:
-        """Return a summary of the conversation that a new session can start from."""
+        """Return a summary of the conversation that a new session can start from.
+        Raises ModelError."""
 
 
 def init_app(app: Flask) -> None:

@@ -14,7 +14,14 @@ from collections.abc import Iterator, Sequence
 import anthropic
 import httpx2
 
-from webapp.llm import ModelBusy, ModelError, ModelMisconfigured, ModelStreamBroken, Turn
+from webapp.llm import (
+    NOTE_INTRODUCTION,
+    ModelBusy,
+    ModelError,
+    ModelMisconfigured,
+    ModelStreamBroken,
+    Turn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +60,9 @@ class ClaudeProvider:
         self.system_prompt, self.max_tokens = system_prompt, max_tokens
         self.name = f"Claude · {model}"
 
-    def stream_reply(self, turns: Sequence[Turn], prefix: str = "") -> Iterator[str]:
+    def stream_reply(
+        self, turns: Sequence[Turn], prefix: str = "", note: str = ""
+    ) -> Iterator[str]:
         messages = [{"role": turn.role, "content": turn.content} for turn in turns]
         if prefix:
             # Prefill: Claude carries on from the partial reply. The API refuses a final
@@ -65,7 +74,9 @@ class ClaudeProvider:
             with self.client.messages.stream(
                 model=self.model,
                 max_tokens=self.max_tokens,
-                system=self.system_prompt,
+                system=f"{self.system_prompt}\n\n{NOTE_INTRODUCTION}\n{note}"
+                if note
+                else self.system_prompt,
                 messages=messages,
             ) as stream:
                 request_id = stream.request_id

@@ -25,7 +25,7 @@ class OfflineProvider:
         self.chunk_words = chunk_words
         self.chunk_delay = chunk_delay
 
-    def reply_text(self, turns: Sequence[Turn]) -> str:
+    def reply_text(self, turns: Sequence[Turn], note: str = "") -> str:
         """The whole reply the stream is cut from."""
         user_turns = [t.content for t in turns if t.role == "user"]
         if not user_turns:
@@ -39,6 +39,9 @@ class OfflineProvider:
             )
         else:
             lines.append("This is the start of our conversation.")
+        if note:
+            remembered = _first_sentence(note.splitlines()[0], 160)
+            lines += ["", f"From my notes of our earlier conversation: {remembered}"]
         lines += [
             "",
             "I'm the **offline model**: a local stand-in that repeats what it was told, "
@@ -46,8 +49,10 @@ class OfflineProvider:
         ]
         return "\n".join(lines)
 
-    def stream_reply(self, turns: Sequence[Turn], prefix: str = "") -> Iterator[str]:
-        text = self.reply_text(turns)
+    def stream_reply(
+        self, turns: Sequence[Turn], prefix: str = "", note: str = ""
+    ) -> Iterator[str]:
+        text = self.reply_text(turns, note)
         # Carrying on from a partial reply: the rest of the same text, as a model would.
         text = text[len(prefix) :] if text.startswith(prefix) else " (continued)"
         words = re.split(r"(\s+)", text)

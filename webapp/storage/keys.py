@@ -81,3 +81,42 @@ def login_failures(username: str) -> str:
 
 OWNER_CONVERSATIONS_PATTERN = f"{PREFIX}:owner:*:conversations"
 """SCAN pattern matching every owner's conversation index."""
+
+
+CONVERSATION_META_PATTERN = f"{PREFIX}:conv:*:meta"
+"""SCAN pattern matching every conversation's meta hash (one per conversation)."""
+
+CONVERSATION_KEYS_PATTERN = f"{PREFIX}:conv:*"
+"""SCAN pattern matching every key of every conversation."""
+
+
+def conversation_keys_pattern(conversation_id: str) -> str:
+    """SCAN pattern matching every key of one conversation, run events streams included."""
+    escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in conversation_id)
+    return f"{PREFIX}:conv:{{{escaped}}}:*"
+
+
+def conversation_id_of(key: str) -> str | None:
+    """The conversation a key belongs to (its hash tag), or None for any other key."""
+    start = f"{PREFIX}:conv:{{"
+    if not key.startswith(start) or "}" not in key:
+        return None
+    return key[len(start) : key.index("}")]
+
+
+ADMIN_AUDIT = f"{PREFIX}:admin:audit"
+"""Stream of admin actions (at, admin, action, target, conversations, keys_deleted, detail),
+capped in length (approximately, newest kept). No TTL."""
+
+ADMIN_OVERVIEW = f"{PREFIX}:admin:overview"
+"""String: JSON of the conversation counts by state and when they were counted.
+TTL: ADMIN_OVERVIEW_CACHE_SECONDS."""
+
+METRICS_COUNTERS = f"{PREFIX}:metrics:counters"
+"""Hash: "<counter>" or "<counter>:<label value>" -> count since the data began. No TTL."""
+
+
+def resume_failures_in_hour(hour: int) -> str:
+    """Hash: reason -> failed resume code entries in one hour (hours since the epoch, UTC).
+    TTL: two days."""
+    return f"{PREFIX}:metrics:resume-failures:{hour}"

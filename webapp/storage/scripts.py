@@ -17,15 +17,21 @@ CONVERSATION_GONE = "GONE conversation does not exist"
 """The error a script answers with when the conversation's meta hash is missing."""
 RUN_IN_PROGRESS = "BUSY a reply is still being written"
 """The error START_RUN answers with while the conversation's latest run is running."""
+SESSION_EXPIRED = "EXPIRED the session has expired"
+"""The error START_RUN answers with when the conversation has no live session."""
 
 
 class AtomicScript:
     """One Lua script, addressed by the SHA1 of its source."""
 
     def __init__(self, source: str) -> None:
-        self.source = source.replace("CONVERSATION_GONE", CONVERSATION_GONE).replace(
-            "RUN_IN_PROGRESS", RUN_IN_PROGRESS
-        )
+        for name, text in (
+            ("CONVERSATION_GONE", CONVERSATION_GONE),
+            ("RUN_IN_PROGRESS", RUN_IN_PROGRESS),
+            ("SESSION_EXPIRED", SESSION_EXPIRED),
+        ):
+            source = source.replace(name, text)
+        self.source = source
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
     def queue(self, pipe: redis.client.Pipeline, keys: Sequence[str], args: Sequence) -> None:
@@ -112,10 +118,13 @@ START_RUN = AtomicScript(
 -- ARGV[9] id of the message the reply will be stored as (a new id, or the one it replaces),
 -- ARGV[10] text the reply starts from ("" unless continuing), ARGV[11] events length cap
 -- Returns 1 if started, 0 if the user message was a repeat (nothing started);
--- errors CONVERSATION_GONE, RUN_IN_PROGRESS.
+-- errors CONVERSATION_GONE, SESSION_EXPIRED, RUN_IN_PROGRESS.
 local now, precise_now = now_seconds()
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('CONVERSATION_GONE')
+end
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  return redis.error_reply('SESSION_EXPIRED')
 end
 if redis.call('HGET', KEYS[5], 'status') == 'running' then
   return redis.error_reply('RUN_IN_PROGRESS')
@@ -212,6 +221,40 @@ return 1
 """
 )
 
+START_SESSION_FROM_NOTE = AtomicScript(
+    _CONVERSATION_FUNCTIONS
+    + """
+-- Starts a new session of an expired conversation from a note (a summary of what came
+-- before): the note is appended to the transcript, where the page shows it as a divider,
+-- and the session's context begins at it. Does nothing if a session is alive.
+-- KEYS[1..4] the conversation
+-- ARGV[1] note id, ARGV[2] note JSON, ARGV[3] session idle seconds,
+-- ARGV[4] session max seconds, ARGV[5] retention seconds, ARGV[6] how many ids to remember
+-- Returns 1 if the session started, 0 if one was alive; error CONVERSATION_GONE.
+local now = now_seconds()
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('CONVERSATION_GONE')
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local _, count = append_message(now, ARGV[1], ARGV[2], '', tonumber(ARGV[6]))
+redis.call('HSET', KEYS[3], 'context_from', count - 1)
+slide_session(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
+refresh_transcript(ARGV[5], {})
+return 1
+"""
+)
+
+UPDATE_LIVE_SESSION = AtomicScript(
+    """
+-- Sets fields of a session only while it is alive (never recreating an expired one).
+-- KEYS[1] the session hash; ARGV field, value, field, value...
+-- Returns 1 if set, 0 if the session is gone.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+)
+
 CHANGE_OWNER = AtomicScript(
     """
 -- Gives a conversation to another owner, only if it still exists and has the expected one
@@ -225,7 +268,15 @@ return 1
 """
 )
 
-ALL_SCRIPTS = (APPEND_MESSAGE_AND_TOUCH, START_RUN, ADD_RUN_CHUNK, FINISH_RUN, CHANGE_OWNER)
+ALL_SCRIPTS = (
+    APPEND_MESSAGE_AND_TOUCH,
+    START_RUN,
+    ADD_RUN_CHUNK,
+    FINISH_RUN,
+    START_SESSION_FROM_NOTE,
+    UPDATE_LIVE_SESSION,
+    CHANGE_OWNER,
+)
 
 
 def execute_pipeline(

@@ -1,0 +1,218 @@
+"""The lifecycle of a conversation: its states, catching up after the session expired, and
+the context a reply is written from (compacted when it outgrows its budget).
+
+States, as the page shows them:
+- active: the session (the working context) is alive;
+- expired: the session is gone, the transcript kept: "Where were we?";
+- gone: the transcript is gone too.
+"""
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from webapp import summaries
+from webapp.conversations import (
+    DEDUPE_WINDOW,
+    Conversation,
+    ConversationGone,
+    Lifetimes,
+    Message,
+    new_id,
+    read_messages,
+)
+from webapp.llm import Provider
+from webapp.storage import keys
+from webapp.storage.scripts import (
+    CONVERSATION_GONE,
+    START_SESSION_FROM_NOTE,
+    UPDATE_LIVE_SESSION,
+    execute_pipeline,
+)
+
+ACTIVE, EXPIRED, GONE = "active", "expired", "gone"
+NOTE = "note"
+"""The role of a summary kept in the transcript: shown as a divider, given to the model as
+its notes, never as a message."""
+
+
+@dataclass(frozen=True)
+class Session:
+    """The working context of a conversation: what is sent to the model."""
+
+    started_at: float
+    expires_at: float
+    context_from: int
+    """Index of the first message of the context (a note, after a catch-up)."""
+    compacted_through: int = -1
+    """Index of the last message folded into ``compaction_note`` (-1: none)."""
+    compaction_note: str = ""
+
+    def seconds_left(self) -> int:
+        return max(0, int(self.expires_at - time.time()))
+
+
+def read_session(r: redis.Redis, conversation_id: str) -> Session | None:
+    """The live session, or None. Expiry is checked here too, not only by Redis' TTL, so a
+    stale session is never used, even on a replica that has not yet expired the key."""
+    fields = r.hgetall(keys.conversation_session(conversation_id))
+    if not fields or float(fields["expires_at"]) <= time.time():
+        return None
+    return Session(
+        started_at=float(fields["started_at"]),
+        expires_at=float(fields["expires_at"]),
+        context_from=int(fields.get("context_from", 0)),
+        compacted_through=int(fields.get("compacted_through", -1)),
+        compaction_note=fields.get("compaction_note", ""),
+    )
+
+
+def state_of(conversation: Conversation | None, session: Session | None) -> str:
+    if conversation is None:
+        return GONE
+    return ACTIVE if session else EXPIRED
+
+
+def _since_latest_note(messages: Sequence[Message]) -> list[Message]:
+    """The messages from the latest note on (all of them if there is none)."""
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].role == NOTE:
+            return list(messages[index:])
+    return list(messages)
+
+
+def summary_input(messages: Sequence[Message], budget_tokens: int) -> list[Message]:
+    """What a catch-up summarises: the latest note (which covers everything before it) and
+    the messages after it, keeping the first and the most recent within the budget."""
+    recent = [
+        Message(m.id, "user", f"(Notes from earlier: {m.content})", m.created_at)
+        if m.role == NOTE
+        else m
+        for m in _since_latest_note(messages)
+    ]
+    kept: list[Message] = []
+    for message in reversed(recent[1:]):
+        if (
+            summaries.estimate_tokens([m.content for m in [recent[0], message, *kept]])
+            > budget_tokens
+        ):
+            break
+        kept.insert(0, message)
+    return recent[:1] + kept
+
+
+def catch_up(
+    r: redis.Redis,
+    provider: Provider,
+    conversation_id: str,
+    lifetimes: Lifetimes,
+    budget_tokens: int,
+) -> summaries.Summary | None:
+    """Summarise the conversation and start a new session from the summary, kept as a note.
+
+    Returns the summary, or None if a session was already alive (another tab caught up).
+    Raises ConversationGone.
+    """
+    messages = read_messages(r, conversation_id)
+    summary = summaries.summarise(provider, summary_input(messages, budget_tokens))
+    note = Message(
+        id=new_id(), role=NOTE, content=summary.text, created_at=time.time(), status=summary.source
+    )
+
+    def queue(pipe):
+        START_SESSION_FROM_NOTE.queue(
+            pipe,
+            keys.conversation_keys(conversation_id),
+            [
+                note.id,
+                note.to_json(),
+                lifetimes.session_idle,
+                lifetimes.session_max,
+                lifetimes.transcript_retention,
+                DEDUPE_WINDOW,
+            ],
+        )
+
+    try:
+        (started,) = execute_pipeline(r, queue)
+    except redis.exceptions.ResponseError as error:
+        if str(error).endswith(CONVERSATION_GONE):
+            raise ConversationGone(conversation_id) from error
+        raise
+    return summary if started else None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a reply is written from: the notes, and the turns since."""
+
+    note: str
+    turns: list[Message]
+
+
+def context(r: redis.Redis, conversation_id: str, leave_out: str = "") -> Context:
+    """The session's context for the model, without the message ``leave_out`` (the reply
+    being rewritten). A conversation whose session just expired gets the context since its
+    latest note."""
+    session = read_session(r, conversation_id)
+    if session is None:
+        messages = _since_latest_note(read_messages(r, conversation_id))
+        session = Session(0, 0, context_from=0)
+    else:
+        messages = read_messages(r, conversation_id, session.context_from)
+    notes, turns = [], []
+    for offset, message in enumerate(messages):
+        index = session.context_from + offset
+        if message.role == NOTE:
+            notes.append(message.content)
+        elif message.id != leave_out and (
+            index > session.compacted_through or not turns  # the first turn is always kept
+        ):
+            turns.append(message)
+    if session.compaction_note:
+        notes.append(session.compaction_note)
+    return Context(note="\n\n".join(notes), turns=turns)
+
+
+def compact_if_needed(
+    r: redis.Redis,
+    provider: Provider,
+    conversation_id: str,
+    budget_tokens: int,
+    leave_out: str = "",
+) -> Context:
+    """The context; if it outgrows ``budget_tokens``, first fold its oldest part (all but the
+    first user turn and the most recent turns, which keep half the budget) into a summary
+    kept with the session. The transcript keeps everything."""
+    current = context(r, conversation_id, leave_out)
+    texts = [current.note, *(m.content for m in current.turns)]
+    session = read_session(r, conversation_id)
+    if session is None or summaries.estimate_tokens(texts) <= budget_tokens:
+        return current
+    first, *rest = current.turns
+    recent: list[Message] = []
+    for message in reversed(rest):
+        if summaries.estimate_tokens([m.content for m in [message, *recent]]) > budget_tokens // 2:
+            break
+        recent.insert(0, message)
+    folded = rest[: len(rest) - len(recent)]
+    if not folded:
+        return current
+    earlier = [Message("", "user", f"(Notes from earlier: {session.compaction_note})", 0)]
+    summary = summaries.summarise(
+        provider, (earlier if session.compaction_note else []) + [first, *folded]
+    )
+    all_messages = read_messages(r, conversation_id)
+    through = max(i for i, m in enumerate(all_messages) if m.id == folded[-1].id)
+
+    def queue(pipe):
+        UPDATE_LIVE_SESSION.queue(
+            pipe,
+            [keys.conversation_session(conversation_id)],
+            ["compacted_through", through, "compaction_note", summary.text],
+        )
+
+    execute_pipeline(r, queue)
+    return context(r, conversation_id, leave_out)

@@ -1,0 +1,211 @@
+"""Counters of what the app does, kept in Redis, and their Prometheus text for /metrics.
+
+Why the counters live in Redis rather than in prometheus_client's in-process counters: the
+app runs as several gunicorn workers and several instances behind a load balancer, and an
+event is counted by whichever process sees it (a reply by the process whose thread writes
+it). In-process counters would each hold a share, start again from zero on every restart,
+and a scrape would only see the process it happened to reach; prometheus_client's
+multiprocess mode covers one machine's workers through shared files, not several machines.
+One Redis hash, incremented with HINCRBY (atomic, one round trip), holds the totals of every
+process: any instance answers /metrics with the same numbers, and they last as long as the
+data does. The price is a round trip per count, so counting never fails what it counts: a
+Redis error while counting is logged and the count is lost.
+
+/metrics is rendered by a collector of our own on a registry of our own (never the global
+default registry, which would add this process's own Python metrics as if they were the
+app's).
+"""
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from webapp.storage import keys
+
+log = logging.getLogger(__name__)
+
+HOUR = 3600
+RESUME_FAILURE_HOURS_KEPT = 48
+"""Hourly buckets of resume failures live this many hours (the console shows the last 24)."""
+
+
+@dataclass(frozen=True)
+class Counter:
+    """One counter: its Prometheus name (without ``_total``), help, and optional label."""
+
+    name: str
+    help: str
+    label: str | None = None
+    known: tuple[str, ...] = ()
+    """Label values always shown, at 0 until first counted, so dashboards see every series."""
+
+
+MESSAGES_APPENDED = Counter(
+    "messages_appended",
+    "Messages stored in conversations: user messages, and replies the model finished.",
+    "role",
+    ("user", "assistant"),
+)
+MODEL_CALLS = Counter(
+    "model_calls",
+    "Replies the model was asked to write, by how the writing ended "
+    "(stopped: ended from elsewhere, by Stop or the reaper, while the model wrote).",
+    "outcome",
+    ("done", "failed", "stopped"),
+)
+MODEL_ERRORS = Counter(
+    "model_errors",
+    "Model calls that failed, by kind (busy, misconfigured, broken stream, other).",
+    "kind",
+    ("busy", "misconfigured", "broken", "error"),
+)
+RESUME_FAILURES = Counter("resume_failures", "Failed resume code entries, by reason.", "reason")
+RESUME_CODES_ISSUED = Counter("resume_codes_issued", "Resume codes handed out.")
+RESUME_CODES_REDEEMED = Counter("resume_codes_redeemed", "Resume codes redeemed.")
+CATCH_UPS = Counter(
+    "catch_ups",
+    "Catch me up summaries, by outcome (model: written by the model; local: the "
+    "extractive fallback when the model could not be reached).",
+    "outcome",
+    ("model", "local"),
+)
+COUNTERS = (
+    MESSAGES_APPENDED,
+    MODEL_CALLS,
+    MODEL_ERRORS,
+    RESUME_FAILURES,
+    RESUME_CODES_ISSUED,
+    RESUME_CODES_REDEEMED,
+    CATCH_UPS,
+)
+
+
+def _field(counter: Counter, label_value: str | None) -> str:
+    """The counter's field in the counters hash: ``name`` or ``name:label value``."""
+    return f"{counter.name}:{label_value}" if counter.label else counter.name
+
+
+def _count(r: redis.Redis, increments: Mapping[str, int], queue_more=None) -> None:
+    """Add ``increments`` (hash field -> amount) in one round trip; never raises."""
+    try:
+        pipe = r.pipeline(transaction=False)
+        for field, amount in increments.items():
+            pipe.hincrby(keys.METRICS_COUNTERS, field, amount)
+        if queue_more:
+            queue_more(pipe)
+        pipe.execute()
+    except redis.exceptions.RedisError as error:
+        log.warning("a count was lost: %s", error)
+
+
+def count_messages_appended(r: redis.Redis, role: str, amount: int = 1) -> None:
+    """Count messages stored (``role`` user or assistant); an amount of 0 costs nothing."""
+    if amount:
+        _count(r, {_field(MESSAGES_APPENDED, role): amount})
+
+
+def count_model_call(r: redis.Redis, outcome: str, error_kind: str | None = None) -> None:
+    """Count a reply the model wrote (``outcome`` done, failed, stopped), and its error kind."""
+    increments = {_field(MODEL_CALLS, outcome): 1}
+    if error_kind:
+        increments[_field(MODEL_ERRORS, error_kind)] = 1
+    _count(r, increments)
+
+
+def count_resume_failure(r: redis.Redis, reason: str, now: float | None = None) -> None:
+    """Count a failed resume code entry: in the total by reason, and in this hour's bucket
+    (kept RESUME_FAILURE_HOURS_KEPT hours) for the console's chart."""
+    bucket = keys.resume_failures_in_hour(int((now or time.time()) // HOUR))
+
+    def queue_bucket(pipe):
+        pipe.hincrby(bucket, reason, 1)
+        pipe.expire(bucket, RESUME_FAILURE_HOURS_KEPT * HOUR)
+
+    _count(r, {_field(RESUME_FAILURES, reason): 1}, queue_bucket)
+
+
+def count_resume_code_issued(r: redis.Redis) -> None:
+    _count(r, {_field(RESUME_CODES_ISSUED, None): 1})
+
+
+def count_resume_code_redeemed(r: redis.Redis) -> None:
+    _count(r, {_field(RESUME_CODES_REDEEMED, None): 1})
+
+
+def count_catch_up(r: redis.Redis, outcome: str) -> None:
+    """Count a Catch me up (``outcome`` model or local)."""
+    _count(r, {_field(CATCH_UPS, outcome): 1})
+
+
+def read_counters(r: redis.Redis) -> dict[str, int]:
+    """Every counter's value by hash field (``name`` or ``name:label value``)."""
+    return {field: int(value) for field, value in r.hgetall(keys.METRICS_COUNTERS).items()}
+
+
+@dataclass(frozen=True)
+class HourCount:
+    starts_at: float
+    """The hour's start, a UTC timestamp."""
+    count: int
+
+
+def resume_failures_by_hour(
+    r: redis.Redis, hours: int = 24, now: float | None = None
+) -> list[HourCount]:
+    """Resume failures (all reasons) in each of the last ``hours`` hours, oldest first, the
+    current hour last; one round trip."""
+    current = int((now or time.time()) // HOUR)
+    wanted = range(current - hours + 1, current + 1)
+    pipe = r.pipeline(transaction=False)
+    for hour in wanted:
+        pipe.hvals(keys.resume_failures_in_hour(hour))
+    return [
+        HourCount(starts_at=hour * HOUR, count=sum(int(value) for value in values))
+        for hour, values in zip(wanted, pipe.execute(), strict=True)
+    ]
+
+
+class _AppCollector:
+    """The app's metrics as read from Redis once, for one scrape."""
+
+    def __init__(self, counters: Mapping[str, int], conversations: Mapping[str, int]) -> None:
+        self.counters, self.conversations = counters, conversations
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "conversations",
+            "Conversations by state (counted at most ADMIN_OVERVIEW_CACHE_SECONDS ago).",
+            labels=["state"],
+        )
+        for state, number in self.conversations.items():
+            gauge.add_metric([state], number)
+        yield gauge
+        for counter in COUNTERS:
+            yield self._family(counter)
+
+    def _family(self, counter: Counter) -> CounterMetricFamily:
+        if not counter.label:
+            return CounterMetricFamily(
+                counter.name, counter.help, value=self.counters.get(counter.name, 0)
+            )
+        family = CounterMetricFamily(counter.name, counter.help, labels=[counter.label])
+        values = dict.fromkeys(counter.known, 0)
+        for field, value in self.counters.items():
+            name, _, label_value = field.partition(":")
+            if name == counter.name and label_value:
+                values[label_value] = value
+        for label_value, value in sorted(values.items()):
+            family.add_metric([label_value], value)
+        return family
+
+
+def render(r: redis.Redis, conversations_by_state: Mapping[str, int]) -> bytes:
+    """The Prometheus text exposition of every counter, and of ``conversations_by_state``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_AppCollector(read_counters(r), conversations_by_state))
+    return generate_latest(registry)
