@@ -30,3 +30,29 @@ async function refreshConversation() {
 }
 
 watchRun();
+
+// The quiet countdown to the session's end, counted from the server's figure (never the
+// browser's clock, which may be wrong).
+function showCountdown() {
+  const clock = document.querySelector(".session-clock");
+  if (!clock) return;
+  const ends = performance.now() + Number(clock.dataset.secondsLeft) * 1000;
+  const label = clock.querySelector(".countdown");
+  const tick = () => {
+    const minutes = Math.round((ends - performance.now()) / 60000);
+    label.textContent = minutes > 0 ? ` (in ${minutes} min)` : " (now)";
+  };
+  tick();
+  setInterval(tick, 30000);
+}
+
+// Buttons that take a while say what is happening once pressed.
+document.addEventListener("submit", (event) => {
+  const button = event.target.querySelector("button[data-busy-label]");
+  if (button) {
+    button.textContent = button.dataset.busyLabel;
+    button.setAttribute("aria-busy", "true");
+  }
+});
+
+showCountdown();

@@ -245,6 +245,23 @@ def move_conversations(r: redis.Redis, from_owner: str, to_owner: str) -> int:
     return len(kept)
 
 
+def conversation_key_names(r: redis.Redis, conversation_id: str) -> list[str]:
+    """Every key of the conversation (all share its hash tag), found with SCAN."""
+    pattern = f"{keys.PREFIX}:conv:{{{conversation_id}}}:*"
+    return list(r.scan_iter(match=pattern, count=100))
+
+
+def delete_conversation(r: redis.Redis, conversation_id: str, owner: str) -> int:
+    """Delete every key of the conversation and its index entries; returns how many keys."""
+    names = conversation_key_names(r, conversation_id)
+    pipe = r.pipeline(transaction=False)
+    if names:
+        pipe.delete(*names)
+    pipe.zrem(keys.owner_conversations(owner), conversation_id)
+    results = pipe.execute()
+    return results[0] if names else 0
+
+
 def sweep_indexes(r: redis.Redis, batch: int = 500) -> int:
     """Remove index entries whose conversation is gone (SCAN, never KEYS). Returns how many."""
     removed = 0

@@ -18,9 +18,10 @@ from flask import (
 )
 from flask_login import current_user
 
-from webapp import config, conversations, rate_limits, runs
+from webapp import config, conversations, lifecycle, rate_limits, runs
 from webapp.conversations import Conversation, Message, MessageRejected
-from webapp.runs import Run, RunInProgress
+from webapp.llm import get_provider
+from webapp.runs import Run, RunInProgress, SessionExpired
 from webapp.storage import WATCH_BLOCK_MS, get_blocking_redis, get_redis
 from webapp.views.identity import current_owner
 
@@ -28,6 +29,9 @@ bp = Blueprint("chat", __name__)
 
 EVENT_ID = re.compile(r"^\d+-\d+$")
 RUN_IN_PROGRESS_TEXT = "A reply is still being written. Wait for it to finish, or stop it."
+SESSION_EXPIRED_TEXT = (
+    "This session has ended. Choose Catch me up or Start fresh below; your text is kept."
+)
 TOO_MANY_TEXT = (
     "You're asking faster than the assistant can answer. Wait a minute, then send again: "
     "your message is still in the box."
@@ -131,6 +135,8 @@ def send(conversation_id: str):
         return _render_conversation(conversation, error=RUN_IN_PROGRESS_TEXT, draft=draft), 409
     except TooManyModelCalls:
         return _render_conversation(conversation, error=TOO_MANY_TEXT, draft=draft), 429
+    except SessionExpired:
+        return _render_conversation(conversation, error=SESSION_EXPIRED_TEXT, draft=draft), 409
     return _to_latest(conversation.id)
 
 
@@ -180,10 +186,39 @@ def _redo(conversation_id: str, run_id: str, carry_on: bool):
         _count_model_call()
     except TooManyModelCalls:
         return _render_conversation(conversation, error=TOO_MANY_TEXT), 429
-    # If another tab pressed it first, its run is the one to watch.
-    with contextlib.suppress(RunInProgress):
+    # If another tab pressed it first, its run is the one to watch; if the session has
+    # ended meanwhile, the page offers to catch up.
+    with contextlib.suppress(RunInProgress, SessionExpired):
         _start_reply(conversation.id, replacing=run, prefix=prefix)
     return _to_latest(conversation.id)
+
+
+@bp.post("/c/<conversation_id>/catch-up")
+def catch_up(conversation_id: str):
+    """Where were we? Summarise the conversation and start a new session from the summary."""
+    conversation = _owned_conversation(conversation_id)
+    try:
+        _count_model_call()
+    except TooManyModelCalls:
+        return _render_conversation(conversation, error=TOO_MANY_TEXT), 429
+    lifecycle.catch_up(
+        get_redis(),
+        get_provider(),
+        conversation.id,
+        config.lifetimes(current_app.config),
+        int(current_app.config["CONTEXT_BUDGET_TOKENS"]),
+    )
+    return _to_latest(conversation.id)
+
+
+@bp.post("/c/<conversation_id>/delete")
+def delete(conversation_id: str):
+    """Delete a conversation now, after asking once."""
+    conversation = _owned_conversation(conversation_id)
+    if request.form.get("confirm") != "yes":
+        return render_template("chat/delete.html", conversation=conversation)
+    conversations.delete_conversation(get_redis(), conversation.id, conversation.owner)
+    return redirect(url_for("chat.index"))
 
 
 @bp.get("/c/<conversation_id>/runs/<run_id>/events")
@@ -236,9 +271,12 @@ def _render_conversation(conversation: Conversation, error: str | None = None, d
     )
     run = runs.latest_run(r, conversation.id)
     run_text, run_event_id = runs.run_text(r, run) if run and run.running else ("", "0-0")
+    session = lifecycle.read_session(r, conversation.id)
     return render_template(
         "chat/conversation.html",
         conversation=conversation,
+        session=session,
+        state=lifecycle.state_of(conversation, session),
         messages=messages,
         first_index=first_index,
         is_latest_page=before is None or before >= conversation.message_count,

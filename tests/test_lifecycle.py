@@ -1,0 +1,303 @@
+"""The lifecycle: active, expired ("Where were we?"), gone; catching up; compaction; TTLs."""
+
+import time
+from html import unescape
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.fake_anthropic import Status
+from webapp import conversations, lifecycle, runs
+from webapp.conversations import Lifetimes, Message
+from webapp.llm import NOTE_INTRODUCTION
+from webapp.llm.offline import OfflineProvider
+from webapp.runs import RunSettings
+from webapp.storage import keys
+
+OWNER = "guest:lifecycle"
+
+
+def expire_session(r, conversation_id, timeout=5):
+    """Wait (a second or two, with lifetimes set to seconds) until Redis expires the session."""
+    deadline = time.monotonic() + timeout
+    while r.exists(keys.conversation_session(conversation_id)):
+        assert time.monotonic() < deadline, "the session did not expire"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def short_chat(make_app, chat_factory):
+    """A chat whose sessions end after two idle seconds."""
+    return chat_factory(make_app(SESSION_IDLE_SECONDS=2))
+
+
+def page_of(chat, conversation_id):
+    return unescape(chat.client.get(f"/c/{conversation_id}").text)
+
+
+def catch_up(chat, conversation_id):
+    page = chat.client.get(f"/c/{conversation_id}").text
+    token = page.split('name="csrf_token" value="')[1].split('"')[0]
+    return chat.client.post(f"/c/{conversation_id}/catch-up", data={"csrf_token": token})
+
+
+def test_an_active_session_shows_when_it_would_end(short_chat):
+    conversation_id = short_chat.start_conversation("Hello")
+    page = page_of(short_chat, conversation_id)
+    assert 'class="session-clock" data-seconds-left="' in page
+    seconds = int(page.split('data-seconds-left="')[1].split('"')[0])
+    assert 0 <= seconds <= 2
+    assert "Where were we?" not in page
+    assert 'name="text"' in page
+
+
+def test_an_expired_session_asks_where_were_we_and_the_box_waits(short_chat, real_redis):
+    conversation_id = short_chat.start_conversation("Plan my garden")
+    expire_session(real_redis, conversation_id)
+    page = page_of(short_chat, conversation_id)
+    assert "Where were we?" in page
+    assert "Catch me up" in page and "Start fresh" in page
+    assert "Plan my garden" in page  # the transcript is all there
+    assert 'name="text"' not in page
+    token = page.split('name="csrf_token" value="')[1].split('"')[0]
+    response = short_chat.client.post(  # a form from before the session ended
+        f"/c/{conversation_id}/messages",
+        data={"csrf_token": token, "text": "typed anyway", "message_id": conversations.new_id()},
+    )
+    assert response.status_code == 409
+    assert "This session has ended." in unescape(response.text)
+    assert "typed anyway" in response.text
+    assert len(conversations.read_messages(real_redis, conversation_id)) == 2
+
+
+def test_a_stale_session_is_never_used_even_before_redis_removes_it(real_redis, lifetimes):
+    conversation_id = conversations.create_conversation(real_redis, OWNER, lifetimes)
+    real_redis.hset(keys.conversation_session(conversation_id), "expires_at", time.time() - 1)
+    assert real_redis.ttl(keys.conversation_session(conversation_id)) > 0
+    assert lifecycle.read_session(real_redis, conversation_id) is None
+    conversation = conversations.get_conversation(real_redis, conversation_id)
+    assert lifecycle.state_of(conversation, None) == "expired"
+
+
+def test_catch_me_up_starts_a_session_from_a_summary_the_model_then_uses(short_chat, real_redis):
+    conversation_id = short_chat.start_conversation("I want to grow tomatoes on a balcony.")
+    expire_session(real_redis, conversation_id)
+    assert catch_up(short_chat, conversation_id).status_code == 302
+    stored = conversations.read_messages(real_redis, conversation_id)
+    assert [m.role for m in stored] == ["user", "assistant", "note"]
+    assert (stored[-1].status, stored[-1].content.splitlines()[0]) == (
+        "model",
+        "Goal: I want to grow tomatoes on a balcony.",
+    )
+    page = page_of(short_chat, conversation_id)
+    assert "Caught up from a summary" in page
+    assert "Read the summary" in page
+    assert "Where were we?" not in page
+    short_chat.send(conversation_id, "Which variety?")
+    short_chat.wait_for_reply(conversation_id)
+    reply = conversations.read_messages(real_redis, conversation_id)[-1].content
+    assert "From my notes of our earlier conversation: Goal: I want to grow tomatoes" in reply
+    assert "This is the start of our conversation." in reply  # the old turns are not resent
+
+
+def test_catching_up_twice_makes_one_note(short_chat, real_redis):
+    conversation_id = short_chat.start_conversation("Once")
+    expire_session(real_redis, conversation_id)
+    catch_up(short_chat, conversation_id)
+    catch_up(short_chat, conversation_id)
+    notes = [
+        m for m in conversations.read_messages(real_redis, conversation_id) if m.role == "note"
+    ]
+    assert len(notes) == 1
+
+
+def test_with_claude_the_summary_uses_the_restore_prompt_and_seeds_the_system_prompt(
+    make_app, chat_factory, fake_anthropic, real_redis
+):
+    app = make_app(
+        SESSION_IDLE_SECONDS=2,
+        ANTHROPIC_API_KEY="k",
+        ANTHROPIC_BASE_URL=fake_anthropic.url,
+        ANTHROPIC_MAX_RETRIES=0,
+    )
+    chat = chat_factory(app)
+    conversation_id = chat.start_conversation("Help me plan a trip to Porto")
+    expire_session(real_redis, conversation_id)
+    fake_anthropic.reply_text = "Goal: a trip to Porto. Next: book a hotel."
+    catch_up(chat, conversation_id)
+    summary_request = fake_anthropic.requests[-1].body
+    assert summary_request["model"] == app.config["SUMMARY_MODEL"]
+    assert "Goal:" in summary_request["system"] and "Open questions" in summary_request["system"]
+    assert "Help me plan a trip to Porto" in summary_request["messages"][0]["content"]
+    fake_anthropic.reply_text = "Shall we look at hotels?"
+    chat.send(conversation_id, "Where should I stay?")
+    chat.wait_for_reply(conversation_id)
+    reply_request = fake_anthropic.requests[-1].body
+    assert reply_request["system"].endswith(
+        f"{NOTE_INTRODUCTION}\nGoal: a trip to Porto. Next: book a hotel."
+    )
+    assert reply_request["messages"] == [{"role": "user", "content": "Where should I stay?"}]
+
+
+def test_when_the_model_fails_a_local_summary_is_used_and_the_page_says_so(
+    make_app, chat_factory, fake_anthropic, real_redis
+):
+    app = make_app(
+        SESSION_IDLE_SECONDS=2,
+        ANTHROPIC_API_KEY="k",
+        ANTHROPIC_BASE_URL=fake_anthropic.url,
+        ANTHROPIC_MAX_RETRIES=0,
+    )
+    chat = chat_factory(app)
+    conversation_id = chat.start_conversation("Teach me chess openings.")
+    expire_session(real_redis, conversation_id)
+    fake_anthropic.enqueue(Status(529))
+    assert catch_up(chat, conversation_id).status_code == 302
+    note = conversations.read_messages(real_redis, conversation_id)[-1]
+    assert (note.role, note.status) == ("note", "extractive")
+    assert note.content.startswith("Goal: Teach me chess openings.")
+    page = page_of(chat, conversation_id)
+    assert "The model couldn't be reached, so this summary was made here" in page
+    assert "Traceback" not in page
+
+
+def test_start_fresh_keeps_the_old_one_listed_and_delete_removes_every_key(short_chat, real_redis):
+    conversation_id = short_chat.start_conversation("Old topic")
+    expire_session(real_redis, conversation_id)
+    page = short_chat.client.get(f"/c/{conversation_id}").text
+    assert 'href="/">Start fresh</a>' in page
+    assert "Old topic" in short_chat.client.get("/").text
+    token = page.split('name="csrf_token" value="')[1].split('"')[0]
+    asked = short_chat.client.post(f"/c/{conversation_id}/delete", data={"csrf_token": token})
+    assert "Delete this conversation?" in asked.text
+    assert conversations.get_conversation(real_redis, conversation_id) is not None
+    done = short_chat.client.post(
+        f"/c/{conversation_id}/delete", data={"csrf_token": token, "confirm": "yes"}
+    )
+    assert done.status_code == 302
+    assert list(real_redis.scan_iter(match=f"rc:conv:{{{conversation_id}}}:*")) == []
+    assert "Old topic" not in short_chat.client.get("/").text
+    assert short_chat.client.get(f"/c/{conversation_id}").status_code == 404
+
+
+# Compaction, on the domain functions with a small budget.
+
+
+def turn(role, text):
+    return Message(conversations.new_id(), role, text, time.time())
+
+
+class RecordingOffline(OfflineProvider):
+    def __init__(self):
+        super().__init__()
+        self.summarised = []
+
+    def summarise(self, turns):
+        self.summarised.append([t.content for t in turns])
+        return super().summarise(turns)
+
+
+def fill(r, lifetimes, texts):
+    conversation_id = conversations.create_conversation(r, OWNER, lifetimes)
+    for i, text in enumerate(texts):
+        message = turn("user" if i % 2 == 0 else "assistant", text)
+        conversations.append_message_and_touch(r, conversation_id, OWNER, message, lifetimes)
+    return conversation_id
+
+
+def test_a_context_within_budget_is_left_whole(redis, lifetimes):
+    texts = [f"message {i} " + "x" * 30 for i in range(6)]
+    conversation_id = fill(redis, lifetimes, texts)
+    provider = RecordingOffline()
+    context = lifecycle.compact_if_needed(redis, provider, conversation_id, budget_tokens=1000)
+    assert [m.content for m in context.turns] == texts
+    assert (context.note, provider.summarised) == ("", [])
+
+
+def test_over_budget_the_oldest_part_becomes_a_summary_keeping_first_and_recent(redis, lifetimes):
+    texts = [f"message {i} " + "x" * 70 for i in range(10)]  # about 20 tokens each
+    conversation_id = fill(redis, lifetimes, texts)
+    provider = RecordingOffline()
+    context = lifecycle.compact_if_needed(redis, provider, conversation_id, budget_tokens=100)
+    kept = [m.content for m in context.turns]
+    assert kept[0] == texts[0]  # the first user turn stays
+    assert kept[1:] == texts[-2:]  # the most recent turns fit half the budget
+    assert provider.summarised == [texts[:8]]  # first turn + the folded middle
+    assert context.note.startswith("Goal: message 0")
+    assert [m.content for m in conversations.read_messages(redis, conversation_id)] == texts
+    again = lifecycle.context(redis, conversation_id)
+    assert (again.note, [m.content for m in again.turns]) == (context.note, kept)
+
+
+def test_a_second_compaction_folds_the_first_summary_in(redis, lifetimes):
+    texts = [f"message {i} " + "x" * 70 for i in range(10)]
+    conversation_id = fill(redis, lifetimes, texts)
+    provider = RecordingOffline()
+    lifecycle.compact_if_needed(redis, provider, conversation_id, budget_tokens=100)
+    for i in range(10, 14):
+        conversations.append_message_and_touch(
+            redis, conversation_id, OWNER, turn("user", f"message {i} " + "x" * 70), lifetimes
+        )
+    context = lifecycle.compact_if_needed(redis, provider, conversation_id, budget_tokens=100)
+    assert provider.summarised[1][0].startswith("(Notes from earlier: Goal: message 0")
+    assert [m.content for m in context.turns][0] == texts[0]
+    assert [m.content for m in context.turns][-1].startswith("message 13")
+
+
+def test_exactly_at_the_budget_nothing_is_compacted(redis, lifetimes):
+    conversation_id = fill(redis, lifetimes, ["a" * 396])  # 396 // 4 + 1 = 100 tokens
+    provider = RecordingOffline()
+    lifecycle.compact_if_needed(redis, provider, conversation_id, budget_tokens=100)
+    assert provider.summarised == []
+
+
+# Every key of a conversation has the TTL it should, after any sequence of writes.
+
+LIFETIMES = Lifetimes(session_idle=100, session_max=1000, transcript_retention=10_000)
+SETTINGS = RunSettings(
+    max_events=100,
+    events_ttl_after_end=50,
+    heartbeat_seconds=1,
+    stale_seconds=5,
+    context_budget_tokens=10_000,
+)
+writes = st.lists(
+    st.sampled_from(["reply", "stop", "fail", "expire_and_catch_up", "append"]), max_size=12
+)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(sequence=writes)
+def test_property_every_key_has_its_lifetime_after_any_writes(redis, sequence):
+    redis.flushdb()
+    provider = OfflineProvider()
+    conversation_id = conversations.create_conversation(redis, OWNER, LIFETIMES)
+    for step in sequence:
+        session_alive = redis.exists(keys.conversation_session(conversation_id))
+        if step == "expire_and_catch_up":
+            redis.delete(keys.conversation_session(conversation_id))  # what expiry does
+            lifecycle.catch_up(redis, provider, conversation_id, LIFETIMES, 10_000)
+        elif step == "append":
+            message = turn("user", "plain append")
+            conversations.append_message_and_touch(
+                redis, conversation_id, OWNER, message, LIFETIMES
+            )
+        elif session_alive:
+            run = runs.start_run(
+                redis, conversation_id, LIFETIMES, SETTINGS, user_message=turn("user", step)
+            )
+            runs.add_chunk(redis, run, "partial ", SETTINGS)
+            status = {"reply": runs.DONE, "stop": runs.STOPPED, "fail": runs.FAILED}[step]
+            runs.finish_run(redis, run, status, LIFETIMES, SETTINGS)
+    retention, idle = LIFETIMES.transcript_retention, LIFETIMES.session_idle
+    for key in redis.scan_iter(match=f"rc:conv:{{{conversation_id}}}:*"):
+        ttl = redis.ttl(key)
+        if key.endswith(":session"):
+            assert idle - 10 < ttl <= idle, key
+        elif key.endswith(":events"):
+            assert SETTINGS.events_ttl_after_end - 10 < ttl <= SETTINGS.events_ttl_after_end, key
+        else:
+            assert retention - 10 < ttl <= retention, key
