@@ -56,3 +56,43 @@ document.addEventListener("submit", (event) => {
 });
 
 showCountdown();
+
+// This browser's copy of each conversation's newest messages, so that a conversation the
+// server lost can be caught up from it. Kept for the 20 most recently seen conversations.
+const COPY_PREFIX = "rc:copy:";
+const COPIES_KEPT = 20;
+
+function keepBrowserCopy() {
+  const source = document.getElementById("browser-copy");
+  if (!source || !window.localStorage) return;
+  const copy = {
+    title: source.dataset.title,
+    savedAt: Date.now(),
+    messages: JSON.parse(source.textContent),
+  };
+  try {
+    localStorage.setItem(COPY_PREFIX + source.dataset.conversation, JSON.stringify(copy));
+    const copies = Object.keys(localStorage).filter((key) => key.startsWith(COPY_PREFIX));
+    copies
+      .map((key) => [key, JSON.parse(localStorage.getItem(key)).savedAt || 0])
+      .sort((a, b) => b[1] - a[1])
+      .slice(COPIES_KEPT)
+      .forEach(([key]) => localStorage.removeItem(key));
+  } catch (error) {
+    // Storage full or refused: the copy is a convenience, the server keeps the real thing.
+  }
+}
+
+function offerBrowserCopy() {
+  const form = document.querySelector("form.restore");
+  if (!form || !window.localStorage) return;
+  const saved = localStorage.getItem(COPY_PREFIX + form.dataset.conversation);
+  if (!saved) return;
+  const copy = JSON.parse(saved);
+  form.querySelector("input[name=copy]").value = JSON.stringify(copy.messages);
+  form.querySelector(".copy-title").textContent = copy.title || "this conversation";
+  form.hidden = false;
+}
+
+keepBrowserCopy();
+offerBrowserCopy();

@@ -133,15 +133,24 @@ def create_conversation(r: redis.Redis, owner: str, lifetimes: Lifetimes) -> str
 
 
 def append_message_and_touch(
-    r: redis.Redis, conversation_id: str, owner: str, message: Message, lifetimes: Lifetimes
+    r: redis.Redis,
+    conversation_id: str,
+    owner: str,
+    message: Message,
+    lifetimes: Lifetimes,
+    title: str | None = None,
 ) -> bool:
     """Append ``message`` once and slide every TTL of the conversation, in one round trip.
+    The conversation's title, if it has none yet, becomes ``title`` (by default, the text
+    of a user's message).
 
     Returns False when a message with the same id was already stored.
     """
     if not MESSAGE_ID.match(message.id):
         raise ValueError(f"malformed message id {message.id!r}")
-    title = make_title(message.content) if message.role == "user" else ""
+    if title is None:
+        title = message.content if message.role == "user" else ""
+    title = make_title(title) if title else ""
     index = keys.owner_conversations(owner)
 
     def queue(pipe):

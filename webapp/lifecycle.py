@@ -7,6 +7,7 @@ States, as the page shows them:
 - gone: the transcript is gone too.
 """
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from webapp.conversations import (
     ConversationGone,
     Lifetimes,
     Message,
+    append_message_and_touch,
+    create_conversation,
     new_id,
     read_messages,
 )
@@ -216,3 +219,52 @@ def compact_if_needed(
 
     execute_pipeline(r, queue)
     return context(r, conversation_id, leave_out)
+
+
+COPY_MAX_MESSAGES = 50
+COPY_MAX_CHARS = 48_000
+"""What a browser's copy of a conversation may hold: the page keeps its newest messages."""
+
+
+class CopyRejected(ValueError):
+    """A browser's copy that cannot be used (malformed, too large, unknown roles)."""
+
+
+def parse_browser_copy(raw: str, max_message_chars: int) -> list[Message]:
+    """Messages from a browser's copy, validated as the untrusted input it is."""
+    try:
+        items = json.loads(raw)
+    except ValueError as error:
+        raise CopyRejected("not JSON") from error
+    if not isinstance(items, list) or not 1 <= len(items) <= COPY_MAX_MESSAGES:
+        raise CopyRejected(f"a copy holds 1 to {COPY_MAX_MESSAGES} messages")
+    messages = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"role", "content"}:
+            raise CopyRejected("each message has exactly a role and a content")
+        role, content = item["role"], item["content"]
+        if role not in ("user", "assistant") or not isinstance(content, str):
+            raise CopyRejected("roles are user or assistant; contents are text")
+        if not content.strip() or len(content) > max_message_chars:
+            raise CopyRejected("a message is empty or too long")
+        messages.append(Message(new_id(), role, content, time.time()))
+    if sum(len(m.content) for m in messages) > COPY_MAX_CHARS:
+        raise CopyRejected("the copy is too large")
+    return messages
+
+
+def restore_from_copy(
+    r: redis.Redis,
+    provider: Provider,
+    owner: str,
+    copy: Sequence[Message],
+    lifetimes: Lifetimes,
+) -> str:
+    """A new conversation whose session starts from a summary of a browser's copy of one
+    that is gone. Returns its id."""
+    summary = summaries.summarise(provider, copy)
+    conversation_id = create_conversation(r, owner, lifetimes)
+    first_user = next((m.content for m in copy if m.role == "user"), "")
+    note = Message(new_id(), NOTE, summary.text, time.time(), status=summaries.BROWSER)
+    append_message_and_touch(r, conversation_id, owner, note, lifetimes, title=first_user)
+    return conversation_id

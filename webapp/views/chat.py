@@ -118,7 +118,30 @@ def start():
 
 @bp.get("/c/<conversation_id>")
 def conversation(conversation_id: str):
+    if conversations.get_conversation(get_redis(), conversation_id) is None:
+        # Gone (retention over, cleared, or Redis lost it): the page offers to catch up from
+        # the copy this browser may have kept.
+        return render_template("chat/gone.html", conversation_id=conversation_id), 404
     return _render_conversation(_owned_conversation(conversation_id))
+
+
+@bp.post("/restore")
+def restore():
+    """Catch me up from this browser's copy of a conversation that is gone."""
+    try:
+        copy = lifecycle.parse_browser_copy(
+            request.form.get("copy", ""), int(current_app.config["MAX_MESSAGE_CHARS"])
+        )
+        _count_model_call()
+    except lifecycle.CopyRejected as rejected:
+        page = render_template("chat/gone.html", conversation_id="", rejected=str(rejected))
+        return page, 400
+    except TooManyModelCalls:
+        return render_template("chat/gone.html", conversation_id="", rejected=TOO_MANY_TEXT), 429
+    conversation_id = lifecycle.restore_from_copy(
+        get_redis(), get_provider(), current_owner(), copy, config.lifetimes(current_app.config)
+    )
+    return _to_latest(conversation_id)
 
 
 @bp.post("/c/<conversation_id>/messages")
@@ -272,8 +295,10 @@ def _render_conversation(conversation: Conversation, error: str | None = None, d
     run = runs.latest_run(r, conversation.id)
     run_text, run_event_id = runs.run_text(r, run) if run and run.running else ("", "0-0")
     session = lifecycle.read_session(r, conversation.id)
+    copy = [{"role": m.role, "content": m.content} for m in messages if m.role != lifecycle.NOTE]
     return render_template(
         "chat/conversation.html",
+        browser_copy=copy[-lifecycle.COPY_MAX_MESSAGES :],
         conversation=conversation,
         session=session,
         state=lifecycle.state_of(conversation, session),
