@@ -96,3 +96,33 @@ function offerBrowserCopy() {
 
 keepBrowserCopy();
 offerBrowserCopy();
+
+// The message box is saved as it is typed: in this browser at once, on the server (so
+// other devices see it) after a pause. A draft the server could not take (the login ran
+// out, say) comes back from this browser when the page is open again.
+const DRAFT_PREFIX = "rc:draft:";
+
+function keepDrafts() {
+  const form = document.querySelector("form.composer[data-draft-url]");
+  if (!form) return;
+  const box = form.querySelector("textarea[name=text]");
+  const key = DRAFT_PREFIX + form.dataset.draftUrl;
+  if (!box.value && localStorage.getItem(key)) box.value = localStorage.getItem(key);
+  let timer;
+  box.addEventListener("input", () => {
+    localStorage.setItem(key, box.value);
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      const body = new FormData();
+      body.append("csrf_token", form.querySelector("input[name=csrf_token]").value);
+      body.append("text", box.value);
+      fetch(form.dataset.draftUrl, { method: "POST", body, redirect: "manual" });
+    }, 800);
+  });
+  form.addEventListener("submit", () => {
+    clearTimeout(timer);
+    localStorage.removeItem(key);
+  });
+}
+
+keepDrafts();

@@ -373,3 +373,97 @@ def test_markup_in_a_copy_is_never_rendered_as_html(make_app, chat_factory, fake
     page = chat.client.get(response.location.split("#")[0]).text
     assert "<script>alert" not in page
     assert "<img" not in page
+
+
+# Drafts and forks.
+
+
+def token_of(chat, path):
+    return chat.client.get(path).text.split('name="csrf_token" value="')[1].split('"')[0]
+
+
+def save_draft(chat, conversation_id, text):
+    return chat.client.post(
+        f"/c/{conversation_id}/draft",
+        data={"csrf_token": token_of(chat, "/"), "text": text},
+    )
+
+
+def test_a_draft_is_kept_with_the_conversation_and_cleared_on_send(chat, real_redis):
+    conversation_id = chat.start_conversation("Hi")
+    assert save_draft(chat, conversation_id, "half a thought").status_code == 204
+    page = chat.client.get(f"/c/{conversation_id}").text
+    assert ">half a thought</textarea>" in page
+    draft_ttl = real_redis.ttl(keys.conversation_draft(conversation_id))
+    assert abs(draft_ttl - real_redis.ttl(keys.conversation_meta(conversation_id))) <= 1
+    chat.send(conversation_id, "the whole thought")
+    chat.wait_for_reply(conversation_id)
+    assert not real_redis.exists(keys.conversation_draft(conversation_id))
+    assert "></textarea>" in chat.client.get(f"/c/{conversation_id}").text
+
+
+def test_a_draft_survives_expiry_and_returns_after_catching_up(short_chat, real_redis):
+    conversation_id = short_chat.start_conversation("Hi")
+    save_draft(short_chat, conversation_id, "what I was typing")
+    expire_session(real_redis, conversation_id)
+    assert "Your unsent text is kept: <q>what I was typing</q>" in page_of(
+        short_chat, conversation_id
+    )
+    catch_up(short_chat, conversation_id)
+    assert ">what I was typing</textarea>" in short_chat.client.get(f"/c/{conversation_id}").text
+
+
+def test_a_draft_follows_the_account_to_another_device(app, client, chat_factory):
+    from tests.test_auth import log_in, register
+
+    register(client)
+    laptop = chat_factory(app)
+    laptop.client = client
+    conversation_id = laptop.start_conversation("On the laptop")
+    save_draft(laptop, conversation_id, "continued on the phone")
+    phone = app.test_client()
+    log_in(phone)
+    assert ">continued on the phone</textarea>" in phone.get(f"/c/{conversation_id}").text
+
+
+def test_a_draft_for_someone_elses_conversation_is_refused(app, chat, chat_factory, real_redis):
+    conversation_id = chat.start_conversation("Mine")
+    stranger = chat_factory(app)
+    assert save_draft(stranger, conversation_id, "sneaky").status_code == 404
+    assert not real_redis.exists(keys.conversation_draft(conversation_id))
+
+
+def test_fork_from_a_message_copies_up_to_it_and_leaves_the_original(chat, real_redis):
+    conversation_id = chat.start_conversation("First question")
+    chat.send(conversation_id, "Second question")
+    chat.wait_for_reply(conversation_id)
+    page = chat.client.get(f"/c/{conversation_id}").text
+    assert page.count("Fork from here") == 4
+    response = chat.client.post(
+        f"/c/{conversation_id}/fork",
+        data={"csrf_token": token_of(chat, "/"), "through": 1},
+    )
+    fork_id = chat.conversation_id_of(response)
+    assert fork_id != conversation_id
+    original = conversations.read_messages(real_redis, conversation_id)
+    forked = conversations.read_messages(real_redis, fork_id)
+    assert forked == original[:2]
+    assert len(original) == 4
+    fork = conversations.get_conversation(real_redis, fork_id)
+    assert (fork.title, fork.message_count) == ("First question (fork)", 2)
+    retention = 600
+    for key in keys.conversation_keys(fork_id):
+        assert 0 < real_redis.ttl(key) <= retention
+    chat.send(fork_id, "A different second question")
+    assert chat.wait_for_reply(fork_id) == "done"
+    assert len(conversations.read_messages(real_redis, conversation_id)) == 4
+
+
+@pytest.mark.parametrize("through", ["-1", "2", "x", ""])
+def test_fork_outside_the_transcript_is_refused(chat, through):
+    conversation_id = chat.start_conversation("Only two messages")
+    response = chat.client.post(
+        f"/c/{conversation_id}/fork",
+        data={"csrf_token": token_of(chat, "/"), "through": through},
+    )
+    assert response.status_code == 400

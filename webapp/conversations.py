@@ -17,6 +17,7 @@ from webapp.storage.scripts import (
     APPEND_MESSAGE_AND_TOUCH,
     CHANGE_OWNER,
     CONVERSATION_GONE,
+    SAVE_DRAFT,
     execute_pipeline,
 )
 
@@ -252,6 +253,56 @@ def move_conversations(r: redis.Redis, from_owner: str, to_owner: str) -> int:
         pipe.execute()
     r.delete(source)
     return len(kept)
+
+
+def save_draft(r: redis.Redis, conversation_id: str, text: str) -> bool:
+    """Keep what is being typed (or forget it, given ""); False if the conversation is gone."""
+
+    def queue(pipe):
+        SAVE_DRAFT.queue(
+            pipe,
+            [keys.conversation_meta(conversation_id), keys.conversation_draft(conversation_id)],
+            [text],
+        )
+
+    (kept,) = execute_pipeline(r, queue)
+    return bool(kept)
+
+
+def read_draft(r: redis.Redis, conversation_id: str) -> str:
+    return r.get(keys.conversation_draft(conversation_id)) or ""
+
+
+def fork_conversation(
+    r: redis.Redis, conversation_id: str, owner: str, through: int, lifetimes: Lifetimes
+) -> str:
+    """A new conversation holding this one's messages up to index ``through``, with its own
+    lifetimes; the original is untouched. Returns the new id."""
+    copied = r.lrange(keys.conversation_messages(conversation_id), 0, through)
+    original = get_conversation(r, conversation_id)
+    if not copied or original is None:
+        raise ConversationGone(conversation_id)
+    fork_id = create_conversation(r, owner, lifetimes)
+    meta, messages, session, recent_ids = keys.conversation_keys(fork_id)
+    ids = [Message.from_json(raw).id for raw in copied]
+    roles = [Message.from_json(raw).role for raw in copied]
+    notes = [index for index, role in enumerate(roles) if role == "note"]
+    pipe = r.pipeline(transaction=True)  # the fork's keys share one hash slot
+    pipe.rpush(messages, *copied)
+    pipe.lpush(recent_ids, *ids[-DEDUPE_WINDOW:])
+    pipe.hset(
+        meta,
+        mapping={
+            "title": make_title(f"{original.title} (fork)"),
+            "message_count": len(copied),
+            "forked_from": conversation_id,
+        },
+    )
+    pipe.hset(session, "context_from", notes[-1] if notes else 0)
+    pipe.expire(messages, lifetimes.transcript_retention)
+    pipe.expire(recent_ids, lifetimes.transcript_retention)
+    pipe.execute()
+    return fork_id
 
 
 def conversation_key_names(r: redis.Redis, conversation_id: str) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
-from webapp import lifecycle
+from webapp import lifecycle, metrics
 from webapp.conversations import (
     DEDUPE_WINDOW,
     ConversationGone,
@@ -87,7 +87,7 @@ class Run:
 
 
 def _run_keys(conversation_id: str, run_id: str) -> list[str]:
-    """KEYS of START_RUN and FINISH_RUN: the conversation, its run hash, the run's events."""
+    """KEYS of FINISH_RUN: the conversation, its run hash, the run's events."""
     return [
         *keys.conversation_keys(conversation_id),
         keys.conversation_run(conversation_id),
@@ -135,7 +135,7 @@ def start_run(
     def queue(pipe):
         START_RUN.queue(
             pipe,
-            _run_keys(conversation_id, run_id),
+            [*_run_keys(conversation_id, run_id), keys.conversation_draft(conversation_id)],
             [
                 run_id,
                 user_message.id if user_message else "",
@@ -162,6 +162,7 @@ def start_run(
     if refusal is None:
         if not started:
             return None
+        metrics.count_messages_appended(r, "user", 1 if user_message else 0)
         return Run(conversation_id, run_id, RUNNING, message_id, started_at=now, heartbeat_at=now)
     if str(refusal).endswith(RUN_IN_PROGRESS):
         raise RunInProgress(conversation_id) from refusal
@@ -293,10 +294,14 @@ def write_reply(
     try:
         for chunk in provider.stream_reply(context.turns, prefix=prefix, note=context.note):
             if chunk and not add_chunk(r, run, chunk, settings):
+                metrics.count_model_call(r, "stopped")
                 return latest_status(r, run)
     except ModelError as error:
+        metrics.count_model_call(r, "failed", error.kind)
         finish_run(r, run, FAILED, lifetimes, settings, error=error)
         return FAILED
+    metrics.count_model_call(r, "done")
+    metrics.count_messages_appended(r, "assistant", 1 if run.message_id == run.id else 0)
     finish_run(r, run, DONE, lifetimes, settings)
     return DONE
 

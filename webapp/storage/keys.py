@@ -28,6 +28,12 @@ def conversation_recent_ids(conversation_id: str) -> str:
     return f"{PREFIX}:conv:{{{conversation_id}}}:recent_ids"
 
 
+def conversation_draft(conversation_id: str) -> str:
+    """String: what the owner is typing in the message box, not yet sent. TTL: the
+    transcript's (a conversation has one owner, so one draft)."""
+    return f"{PREFIX}:conv:{{{conversation_id}}}:draft"
+
+
 def conversation_keys(conversation_id: str) -> tuple[str, str, str, str]:
     """The keys of one conversation, in the order the scripts take them."""
     return (

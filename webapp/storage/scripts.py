@@ -110,7 +110,8 @@ START_RUN = AtomicScript(
     + """
 -- Starts a run that will write a reply, after appending the user's message if one is
 -- given; refuses while the conversation's latest run is still running.
--- KEYS[1..4] the conversation, KEYS[5] its run hash, KEYS[6] the new run's events stream
+-- KEYS[1..4] the conversation, KEYS[5] its run hash, KEYS[6] the new run's events stream,
+-- KEYS[7] its draft (cleared once the user's message is stored)
 -- ARGV[1] run id, ARGV[2] user message id ("" for none: Continue or Retry),
 -- ARGV[3] user message JSON, ARGV[4] title if none yet (""),
 -- ARGV[5] session idle seconds, ARGV[6] session max seconds, ARGV[7] retention seconds,
@@ -132,6 +133,7 @@ end
 if ARGV[2] ~= '' then
   local stored = append_message(now, ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[8]))
   if stored == 0 then return 0 end
+  redis.call('DEL', KEYS[7])
 end
 redis.call('DEL', KEYS[5])
 redis.call('HSET', KEYS[5], 'id', ARGV[1], 'status', 'running', 'message_id', ARGV[9],
@@ -140,7 +142,7 @@ if ARGV[10] ~= '' then
   redis.call('XADD', KEYS[6], 'MAXLEN', ARGV[11], '*', 't', ARGV[10])
 end
 slide_session(now, tonumber(ARGV[5]), tonumber(ARGV[6]))
-refresh_transcript(ARGV[7], {KEYS[5], KEYS[6]})
+refresh_transcript(ARGV[7], {KEYS[5], KEYS[6], KEYS[7]})
 return 1
 """
 )
@@ -244,6 +246,24 @@ return 1
 """
 )
 
+SAVE_DRAFT = AtomicScript(
+    """
+-- Keeps (or, given "", forgets) the text being typed in a conversation, for as long as
+-- the conversation is kept.
+-- KEYS[1] the conversation's meta hash, KEYS[2] its draft
+-- ARGV[1] the text
+-- Returns 1 if kept, 0 if the conversation is gone.
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 then return 0 end
+if ARGV[1] == '' then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ttl)
+end
+return 1
+"""
+)
+
 UPDATE_LIVE_SESSION = AtomicScript(
     """
 -- Sets fields of a session only while it is alive (never recreating an expired one).
@@ -275,6 +295,7 @@ ALL_SCRIPTS = (
     FINISH_RUN,
     START_SESSION_FROM_NOTE,
     UPDATE_LIVE_SESSION,
+    SAVE_DRAFT,
     CHANGE_OWNER,
 )
 

@@ -234,6 +234,31 @@ def catch_up(conversation_id: str):
     return _to_latest(conversation.id)
 
 
+@bp.post("/c/<conversation_id>/draft")
+def save_draft(conversation_id: str):
+    """Keep what is being typed (sent by the page's script as the user types)."""
+    conversation = _owned_conversation(conversation_id)
+    conversations.save_draft(get_redis(), conversation.id, request.form.get("text", ""))
+    return "", 204
+
+
+@bp.post("/c/<conversation_id>/fork")
+def fork(conversation_id: str):
+    """A new conversation with the transcript up to the chosen message."""
+    conversation = _owned_conversation(conversation_id)
+    through = request.form.get("through", type=int)
+    if through is None or not 0 <= through < conversation.message_count:
+        abort(400)
+    fork_id = conversations.fork_conversation(
+        get_redis(),
+        conversation.id,
+        conversation.owner,
+        through,
+        config.lifetimes(current_app.config),
+    )
+    return _to_latest(fork_id)
+
+
 @bp.post("/c/<conversation_id>/delete")
 def delete(conversation_id: str):
     """Delete a conversation now, after asking once."""
@@ -310,5 +335,5 @@ def _render_conversation(conversation: Conversation, error: str | None = None, d
         run_event_id=run_event_id,
         new_message_id=conversations.new_id(),
         error=error,
-        draft=draft,
+        draft=draft or conversations.read_draft(r, conversation.id),
     )
