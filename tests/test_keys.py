@@ -15,3 +15,19 @@ def test_conversation_keys_share_one_hash_tag():
 def test_owner_index_key_and_its_scan_pattern():
     assert keys.owner_conversations("guest:xyz") == "rc:owner:{guest:xyz}:conversations"
     assert keys.OWNER_CONVERSATIONS_PATTERN == "rc:owner:*:conversations"
+
+
+def test_conversation_scan_patterns_and_the_id_in_a_key():
+    assert keys.CONVERSATION_META_PATTERN == "rc:conv:*:meta"
+    assert keys.CONVERSATION_KEYS_PATTERN == "rc:conv:*"
+    assert keys.conversation_keys_pattern("abc") == "rc:conv:{abc}:*"
+    assert keys.conversation_keys_pattern("a*b?") == "rc:conv:{a\\*b\\?}:*"
+    assert keys.conversation_id_of("rc:conv:{abc}:run:xyz:events") == "abc"
+    assert keys.conversation_id_of("rc:owner:{guest:x}:conversations") is None
+
+
+def test_admin_and_metrics_keys():
+    assert keys.ADMIN_AUDIT == "rc:admin:audit"
+    assert keys.ADMIN_OVERVIEW == "rc:admin:overview"
+    assert keys.METRICS_COUNTERS == "rc:metrics:counters"
+    assert keys.resume_failures_in_hour(493_000) == "rc:metrics:resume-failures:493000"

@@ -467,3 +467,19 @@ def test_fork_outside_the_transcript_is_refused(chat, through):
         data={"csrf_token": token_of(chat, "/"), "through": through},
     )
     assert response.status_code == 400
+
+
+def test_the_sweep_counts_each_expired_session_once_with_scan(real_redis, lifetimes):
+    short = Lifetimes(session_idle=1, session_max=60, transcript_retention=600)
+    ending = conversations.create_conversation(real_redis, OWNER, short)
+    conversations.create_conversation(real_redis, OWNER, lifetimes)  # stays active
+    expire_session(real_redis, ending)
+    keys_before = real_redis.info("commandstats").get("cmdstat_keys", {}).get("calls", 0)
+    assert lifecycle.sweep_expired_sessions(real_redis, batch=1) == 1
+    assert lifecycle.sweep_expired_sessions(real_redis) == 0  # counted once
+    assert real_redis.info("commandstats").get("cmdstat_keys", {}).get("calls", 0) == keys_before
+    # Catching up starts a new session; when that one ends, it is counted again.
+    lifecycle.catch_up(real_redis, OfflineProvider(), ending, short, 1000)
+    assert not real_redis.hexists(keys.conversation_meta(ending), "session_ended")
+    expire_session(real_redis, ending)
+    assert lifecycle.sweep_expired_sessions(real_redis) == 1

@@ -9,14 +9,16 @@ from flask import Flask
 from webapp import config, llm, rate_limits, rendering, security, storage
 from webapp.run_worker import RunWorker
 from webapp.storage.embedded import EmbeddedRedis
+from webapp.views import admin as admin_views
 from webapp.views import auth, chat, errors, identity, ops
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_PATH = Path(os.environ.get("FLASK_INSTANCE_PATH", PROJECT_ROOT / "instance"))
 
 
-def create_app(test_config: dict | None = None) -> Flask:
-    """Build the app: settings, Redis, the model, security, blueprints."""
+def create_app(test_config: dict | None = None, background: bool = True) -> Flask:
+    """Build the app: settings, Redis, the model, security, blueprints. ``background``
+    starts this process's heartbeats, reaper and sweeps (maintenance commands skip them)."""
     app = Flask(
         __name__,
         template_folder=str(PROJECT_ROOT / "templates"),
@@ -35,13 +37,17 @@ def create_app(test_config: dict | None = None) -> Flask:
         config.run_settings(app.config),
         threads=int(app.config["RUN_THREADS"]),
         reaper_interval=float(app.config["RUN_REAPER_INTERVAL_SECONDS"]),
+        sweep_interval=float(app.config["SWEEP_INTERVAL_SECONDS"]),
     )
+    if background:
+        app.extensions["run_worker"].start_background()
     rendering.init_app(app)
     security.init_app(app)
     identity.init_app(app)
     rate_limits.init_app(app)
     for blueprint in (chat.bp, auth.bp, ops.bp, errors.bp):
         app.register_blueprint(blueprint)
+    app.register_blueprint(admin_views.bp)
     return app
 
 

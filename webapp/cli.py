@@ -78,7 +78,7 @@ def create_admin(username: str) -> None:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
         password = click.get_text_stream("stdin").readline().rstrip("\n")
-    app = create_app()
+    app = create_app(background=False)
     with app.app_context():
         r = get_redis()
         try:
@@ -96,7 +96,7 @@ def create_admin(username: str) -> None:
 @main.command()
 def sweep() -> None:
     """Remove index entries whose conversation is gone (uses SCAN, never KEYS)."""
-    app = create_app()
+    app = create_app(background=False)
     with app.app_context():
         removed = conversations.sweep_indexes(get_redis())
     click.echo(f"Removed {removed} stale index entr{'y' if removed == 1 else 'ies'}.")

@@ -62,11 +62,20 @@ DEFAULTS = {
     "RUN_EVENTS_MAX": 10_000,
     # How long a finished reply's events stay for late watchers (its text is in the transcript).
     "RUN_EVENTS_TTL_SECONDS": 3600,
+    # How often each process sweeps (with SCAN) for expired sessions and stale index
+    # entries; also once at start-up.
+    "SWEEP_INTERVAL_SECONDS": 300,
     # Replies written at once by one process.
     "RUN_THREADS": 16,
     # The working context's budget, in estimated tokens (about four characters each): above
     # it, its oldest part is replaced by a summary.
     "CONTEXT_BUDGET_TOKENS": 100_000,
+    # Conversations per page of the admin console.
+    "ADMIN_PAGE_SIZE": 50,
+    # The console's and /metrics' counts of conversations by state are kept this long.
+    "ADMIN_OVERVIEW_CACHE_SECONDS": 30,
+    # /metrics also answers a scraper sending "Authorization: Bearer <this>"; unset: admins only.
+    "METRICS_TOKEN": None,
     # Vendor settings, read without the FLASK_ prefix.
     "REDIS_URL": None,
     "ANTHROPIC_API_KEY": None,

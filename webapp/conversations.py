@@ -307,8 +307,7 @@ def fork_conversation(
 
 def conversation_key_names(r: redis.Redis, conversation_id: str) -> list[str]:
     """Every key of the conversation (all share its hash tag), found with SCAN."""
-    pattern = f"{keys.PREFIX}:conv:{{{conversation_id}}}:*"
-    return list(r.scan_iter(match=pattern, count=100))
+    return list(r.scan_iter(match=keys.conversation_keys_pattern(conversation_id), count=100))
 
 
 def delete_conversation(r: redis.Redis, conversation_id: str, owner: str) -> int:

@@ -31,7 +31,7 @@ from webapp.storage import keys
 from webapp.storage.scripts import (
     CONVERSATION_GONE,
     START_SESSION_FROM_NOTE,
-    UPDATE_LIVE_SESSION,
+    UPDATE_IF_EXISTS,
     execute_pipeline,
 )
 
@@ -211,7 +211,7 @@ def compact_if_needed(
     through = max(i for i, m in enumerate(all_messages) if m.id == folded[-1].id)
 
     def queue(pipe):
-        UPDATE_LIVE_SESSION.queue(
+        UPDATE_IF_EXISTS.queue(
             pipe,
             [keys.conversation_session(conversation_id)],
             ["compacted_through", through, "compaction_note", summary.text],
@@ -268,3 +268,42 @@ def restore_from_copy(
     note = Message(new_id(), NOTE, summary.text, time.time(), status=summaries.BROWSER)
     append_message_and_touch(r, conversation_id, owner, note, lifetimes, title=first_user)
     return conversation_id
+
+
+def sweep_expired_sessions(r: redis.Redis, batch: int = 500) -> int:
+    """Find conversations whose session has expired since the last sweep (SCAN, never KEYS)
+    and mark them, so each expiry is counted once. Returns how many were found."""
+    found = 0
+    for names in _batches(r.scan_iter(match=keys.CONVERSATION_META_PATTERN, count=batch), batch):
+        ids = [keys.conversation_id_of(name) for name in names]
+        pipe = r.pipeline(transaction=False)
+        for conversation_id in ids:
+            pipe.exists(keys.conversation_session(conversation_id))
+            pipe.hexists(keys.conversation_meta(conversation_id), "session_ended")
+        answers = pipe.execute()
+        newly_ended = [
+            conversation_id
+            for conversation_id, alive, marked in zip(ids, answers[::2], answers[1::2], strict=True)
+            if not alive and not marked
+        ]
+
+        def queue(pipe, newly_ended=newly_ended):
+            for conversation_id in newly_ended:
+                UPDATE_IF_EXISTS.queue(
+                    pipe, [keys.conversation_meta(conversation_id)], ["session_ended", 1]
+                )
+
+        if newly_ended:
+            found += sum(execute_pipeline(r, queue))
+    return found
+
+
+def _batches(items, size):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -69,11 +69,14 @@ RESUME_CODES_ISSUED = Counter("resume_codes_issued", "Resume codes handed out.")
 RESUME_CODES_REDEEMED = Counter("resume_codes_redeemed", "Resume codes redeemed.")
 CATCH_UPS = Counter(
     "catch_ups",
-    "Catch me up summaries, by outcome (model: written by the model; local: the "
-    "extractive fallback when the model could not be reached).",
+    "Catch me up summaries, by outcome (model: written by the model; extractive: made "
+    "locally when the model could not be reached; browser: from a browser's copy of a "
+    "conversation that was gone).",
     "outcome",
-    ("model", "local"),
+    ("model", "extractive", "browser"),
 )
+SESSIONS_EXPIRED = Counter("sessions_expired", "Sessions that ended by idling, seen by the sweep.")
+FORKS = Counter("forks", "Conversations forked from a message.")
 COUNTERS = (
     MESSAGES_APPENDED,
     MODEL_CALLS,
@@ -82,6 +85,8 @@ COUNTERS = (
     RESUME_CODES_ISSUED,
     RESUME_CODES_REDEEMED,
     CATCH_UPS,
+    SESSIONS_EXPIRED,
+    FORKS,
 )
 
 
@@ -138,8 +143,18 @@ def count_resume_code_redeemed(r: redis.Redis) -> None:
 
 
 def count_catch_up(r: redis.Redis, outcome: str) -> None:
-    """Count a Catch me up (``outcome`` model or local)."""
+    """Count a Catch me up (``outcome`` model, extractive or browser)."""
     _count(r, {_field(CATCH_UPS, outcome): 1})
+
+
+def count_sessions_expired(r: redis.Redis, amount: int) -> None:
+    """Count sessions the sweep found expired; an amount of 0 costs nothing."""
+    if amount:
+        _count(r, {_field(SESSIONS_EXPIRED, None): amount})
+
+
+def count_fork(r: redis.Redis) -> None:
+    _count(r, {_field(FORKS, None): 1})
 
 
 def read_counters(r: redis.Redis) -> dict[str, int]:

@@ -1,5 +1,6 @@
-"""This process's share of the runs: it writes replies in background threads, beats their
-heartbeats, reaps stale runs of any process, and interrupts its own runs when it stops."""
+"""This process's background work: it writes replies in background threads, beats their
+heartbeats, reaps stale runs of any process, interrupts its own runs when it stops, and
+sweeps expired sessions and stale index entries (at start-up and periodically)."""
 
 import atexit
 import logging
@@ -9,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from webapp import runs
+from webapp import conversations, lifecycle, metrics, runs
 from webapp.conversations import Lifetimes
 from webapp.llm import Provider
 from webapp.runs import Run, RunSettings
@@ -27,17 +28,20 @@ class RunWorker:
         *,
         threads: int,
         reaper_interval: float,
+        sweep_interval: float,
     ) -> None:
         self.r, self.provider, self.lifetimes, self.settings = r, provider, lifetimes, settings
-        self.reaper_interval = reaper_interval
+        self.reaper_interval, self.sweep_interval = reaper_interval, sweep_interval
         self.stopping = threading.Event()
         """Set when the process is shutting down: watchers should let go."""
         self._local: dict[str, Run] = {}
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="run")
-        self._ticker = threading.Thread(target=self._tick, name="run-heartbeat", daemon=True)
-        self._ticker.start()
         atexit.register(self.shutdown)
+
+    def start_background(self) -> None:
+        """Start the thread that beats heartbeats, reaps and sweeps."""
+        threading.Thread(target=self._tick, name="background", daemon=True).start()
 
     def submit(self, run: Run, prefix: str = "") -> None:
         """Write ``run``'s reply in the background."""
@@ -61,19 +65,29 @@ class RunWorker:
             return list(self._local.values())
 
     def _tick(self) -> None:
-        """Beat heartbeats often; reap at start-up and every reaper interval."""
-        next_reap = time.monotonic()
+        """Beat heartbeats often; reap and sweep at start-up and at their intervals."""
+        due = {self._reap: time.monotonic(), self._sweep: time.monotonic()}
+        intervals = {self._reap: self.reaper_interval, self._sweep: self.sweep_interval}
         while not self.stopping.is_set():
             try:
                 runs.beat(self.r, self.local_runs(), self.settings)
-                if time.monotonic() >= next_reap:
-                    reaped = runs.reap_stale_runs(self.r, self.lifetimes, self.settings)
-                    if reaped:
-                        log.warning("marked %d stale runs interrupted", reaped)
-                    next_reap = time.monotonic() + self.reaper_interval
+                for job, when in due.items():
+                    if time.monotonic() >= when:
+                        job()
+                        due[job] = time.monotonic() + intervals[job]
             except redis.exceptions.RedisError as error:
-                log.warning("run heartbeat or reaper skipped: %s", error)
+                log.warning("background work skipped: %s", error)
             self.stopping.wait(self.settings.heartbeat_seconds)
+
+    def _reap(self) -> None:
+        reaped = runs.reap_stale_runs(self.r, self.lifetimes, self.settings)
+        if reaped:
+            log.warning("marked %d stale runs interrupted", reaped)
+
+    def _sweep(self) -> None:
+        expired = lifecycle.sweep_expired_sessions(self.r)
+        metrics.count_sessions_expired(self.r, expired)
+        conversations.sweep_indexes(self.r)
 
     def shutdown(self) -> None:
         """Stop beating and mark this process's running runs interrupted (partial text kept)."""

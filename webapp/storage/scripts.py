@@ -238,6 +238,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('CONVERSATION_GONE')
 end
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('HDEL', KEYS[1], 'session_ended')
 local _, count = append_message(now, ARGV[1], ARGV[2], '', tonumber(ARGV[6]))
 redis.call('HSET', KEYS[3], 'context_from', count - 1)
 slide_session(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
@@ -264,11 +265,12 @@ return 1
 """
 )
 
-UPDATE_LIVE_SESSION = AtomicScript(
+UPDATE_IF_EXISTS = AtomicScript(
     """
--- Sets fields of a session only while it is alive (never recreating an expired one).
--- KEYS[1] the session hash; ARGV field, value, field, value...
--- Returns 1 if set, 0 if the session is gone.
+-- Sets fields of a hash only while it exists (never recreating an expired one without
+-- its TTL).
+-- KEYS[1] the hash; ARGV field, value, field, value...
+-- Returns 1 if set, 0 if the hash is gone.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
@@ -294,7 +296,7 @@ ALL_SCRIPTS = (
     ADD_RUN_CHUNK,
     FINISH_RUN,
     START_SESSION_FROM_NOTE,
-    UPDATE_LIVE_SESSION,
+    UPDATE_IF_EXISTS,
     SAVE_DRAFT,
     CHANGE_OWNER,
 )

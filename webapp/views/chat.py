@@ -18,7 +18,7 @@ from flask import (
 )
 from flask_login import current_user
 
-from webapp import config, conversations, lifecycle, rate_limits, runs
+from webapp import config, conversations, lifecycle, metrics, rate_limits, runs, summaries
 from webapp.conversations import Conversation, Message, MessageRejected
 from webapp.llm import get_provider
 from webapp.runs import Run, RunInProgress, SessionExpired
@@ -121,6 +121,7 @@ def conversation(conversation_id: str):
     if conversations.get_conversation(get_redis(), conversation_id) is None:
         # Gone (retention over, cleared, or Redis lost it): the page offers to catch up from
         # the copy this browser may have kept.
+        metrics.count_resume_failure(get_redis(), "gone")
         return render_template("chat/gone.html", conversation_id=conversation_id), 404
     return _render_conversation(_owned_conversation(conversation_id))
 
@@ -141,6 +142,7 @@ def restore():
     conversation_id = lifecycle.restore_from_copy(
         get_redis(), get_provider(), current_owner(), copy, config.lifetimes(current_app.config)
     )
+    metrics.count_catch_up(get_redis(), summaries.BROWSER)
     return _to_latest(conversation_id)
 
 
@@ -224,13 +226,15 @@ def catch_up(conversation_id: str):
         _count_model_call()
     except TooManyModelCalls:
         return _render_conversation(conversation, error=TOO_MANY_TEXT), 429
-    lifecycle.catch_up(
+    summary = lifecycle.catch_up(
         get_redis(),
         get_provider(),
         conversation.id,
         config.lifetimes(current_app.config),
         int(current_app.config["CONTEXT_BUDGET_TOKENS"]),
     )
+    if summary:
+        metrics.count_catch_up(get_redis(), summary.source)
     return _to_latest(conversation.id)
 
 
@@ -319,7 +323,10 @@ def _render_conversation(conversation: Conversation, error: str | None = None, d
     )
     run = runs.latest_run(r, conversation.id)
     run_text, run_event_id = runs.run_text(r, run) if run and run.running else ("", "0-0")
+    is_latest_page = before is None or before >= conversation.message_count
     session = lifecycle.read_session(r, conversation.id)
+    if session is None and is_latest_page:
+        metrics.count_resume_failure(r, "expired")  # back after the session ended
     copy = [{"role": m.role, "content": m.content} for m in messages if m.role != lifecycle.NOTE]
     return render_template(
         "chat/conversation.html",
@@ -329,7 +336,7 @@ def _render_conversation(conversation: Conversation, error: str | None = None, d
         state=lifecycle.state_of(conversation, session),
         messages=messages,
         first_index=first_index,
-        is_latest_page=before is None or before >= conversation.message_count,
+        is_latest_page=is_latest_page,
         run=run,
         run_text=run_text,
         run_event_id=run_event_id,

@@ -1,8 +1,13 @@
-"""Operator endpoints: liveness and readiness."""
+"""Operator endpoints: liveness, readiness, and the metrics to scrape."""
+
+import hmac
 
 import redis
-from flask import Blueprint
+from flask import Blueprint, Response, current_app, request
+from flask_login import current_user
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from webapp import admin, metrics
 from webapp.storage import get_redis
 
 bp = Blueprint("ops", __name__)
@@ -22,3 +27,39 @@ def readyz():
     except redis.exceptions.RedisError as error:
         return {"status": "unavailable", "redis": type(error).__name__}, 503
     return {"status": "ok", "redis": "ok"}
+
+
+def _metrics_refusal() -> Response | None:
+    """None if the caller may read /metrics: an admin's login, or the bearer token
+    METRICS_TOKEN. Otherwise 401 (nothing presented) or 403 (presented, not enough)."""
+    if current_user.is_authenticated and current_user.is_admin:
+        return None
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        expected = current_app.config["METRICS_TOKEN"]
+        if expected and hmac.compare_digest(token.strip().encode(), str(expected).encode()):
+            return None
+        return Response("That token does not open /metrics.\n", 403, mimetype="text/plain")
+    if current_user.is_authenticated:
+        return Response("/metrics is for admins.\n", 403, mimetype="text/plain")
+    return Response(
+        "Log in as an admin, or send the metrics token as a bearer token.\n",
+        401,
+        {"WWW-Authenticate": 'Bearer realm="metrics"'},
+        mimetype="text/plain",
+    )
+
+
+@bp.get("/metrics")
+def metrics_text():
+    """The app's counters in the Prometheus text format."""
+    refusal = _metrics_refusal()
+    if refusal is not None:
+        return refusal
+    r = get_redis()
+    counts = admin.count_states(r, int(current_app.config["ADMIN_OVERVIEW_CACHE_SECONDS"]))
+    return Response(
+        metrics.render(r, counts.by_state),
+        content_type=CONTENT_TYPE_LATEST,
+        headers={"Cache-Control": "no-store"},
+    )
