@@ -31,19 +31,73 @@ async function refreshConversation() {
 
 watchRun();
 
-// The quiet countdown to the session's end, counted from the server's figure (never the
-// browser's clock, which may be wrong).
-function showCountdown() {
-  const clock = document.querySelector(".session-clock");
-  if (!clock) return;
-  const ends = performance.now() + Number(clock.dataset.secondsLeft) * 1000;
+// The idle timer. It counts down from the server's figure (never the browser's clock).
+// When the session nears its end, a user who has done anything since the server last saw
+// them keeps it going; one who really is away is given a resume code in a dialog.
+function idleTimer() {
+  const clock = document.querySelector(".session-clock[data-park-url]");
+  const dialog = document.getElementById("idle-dialog");
+  if (!clock || !dialog) return;
+  const token = document.querySelector("input[name=csrf_token]").value;
+  const warning = Number(clock.dataset.warningSeconds) * 1000;
   const label = clock.querySelector(".countdown");
-  const tick = () => {
-    const minutes = Math.round((ends - performance.now()) / 60000);
-    label.textContent = minutes > 0 ? ` (in ${minutes} min)` : " (now)";
+  let endsAt = performance.now() + Number(clock.dataset.secondsLeft) * 1000;
+  let seenAt = performance.now();
+  let activeAt = performance.now();
+  let parked = false;
+
+  const post = async (url) => {
+    const response = await fetch(url, {
+      method: "POST",
+      headers: { Accept: "application/json", "X-CSRFToken": token },
+    });
+    return response.json();
   };
-  tick();
-  setInterval(tick, 30000);
+  const present = () => {
+    activeAt = performance.now();
+  };
+  for (const type of ["keydown", "pointerdown", "pointermove", "focus", "scroll"]) {
+    window.addEventListener(type, present, { passive: true });
+  }
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") present();
+  });
+  const keepGoing = async () => {
+    const answer = await post(clock.dataset.touchUrl);
+    endsAt = performance.now() + answer.seconds_left * 1000;
+    seenAt = performance.now();
+    parked = false;
+  };
+
+  setInterval(async () => {
+    const left = endsAt - performance.now();
+    const minutes = Math.round(left / 60000);
+    label.textContent = minutes > 0 ? ` (in ${minutes} min)` : " (now)";
+    if (parked || left > warning) return;
+    if (activeAt > seenAt) return keepGoing();
+    parked = true;
+    const code = await post(clock.dataset.parkUrl);
+    if (!code.code) return location.reload(); // the session ended meanwhile
+    const away = Math.round((performance.now() - activeAt) / 60000);
+    dialog.querySelector(".away").textContent =
+      away >= 1 ? `for ${away} minute${away === 1 ? "" : "s"}` : "for a little while";
+    dialog.querySelector(".exchanges").textContent =
+      `${code.exchanges} exchange${code.exchanges === 1 ? "" : "s"}`;
+    dialog.querySelector(".topic").textContent = code.last_topic;
+    dialog.querySelector(".code").textContent = code.code;
+    dialog.querySelector(".valid-until").textContent = code.valid_until;
+    dialog.showModal();
+  }, 1000);
+
+  dialog.querySelector(".keep").addEventListener("click", () => dialog.close());
+  dialog.addEventListener("close", () => {
+    present();
+    keepGoing();
+  });
+  dialog.querySelector(".copy").addEventListener("click", async (event) => {
+    await navigator.clipboard.writeText(dialog.querySelector(".code").textContent);
+    event.target.textContent = "Copied";
+  });
 }
 
 // Buttons that take a while say what is happening once pressed.
@@ -55,7 +109,7 @@ document.addEventListener("submit", (event) => {
   }
 });
 
-showCountdown();
+idleTimer();
 
 // This browser's copy of each conversation's newest messages, so that a conversation the
 // server lost can be caught up from it. Kept for the 20 most recently seen conversations.

@@ -10,7 +10,7 @@ from webapp import config, llm, rate_limits, rendering, security, storage
 from webapp.run_worker import RunWorker
 from webapp.storage.embedded import EmbeddedRedis
 from webapp.views import admin as admin_views
-from webapp.views import auth, chat, errors, identity, ops
+from webapp.views import auth, chat, errors, identity, ops, resume
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_PATH = Path(os.environ.get("FLASK_INSTANCE_PATH", PROJECT_ROOT / "instance"))
@@ -45,7 +45,7 @@ def create_app(test_config: dict | None = None, background: bool = True) -> Flas
     security.init_app(app)
     identity.init_app(app)
     rate_limits.init_app(app)
-    for blueprint in (chat.bp, auth.bp, ops.bp, errors.bp):
+    for blueprint in (chat.bp, resume.bp, auth.bp, ops.bp, errors.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(admin_views.bp)
     return app

@@ -230,11 +230,16 @@ def list_conversations(r: redis.Redis, owner: str, limit: int = 100) -> list[Con
     ]
 
 
-def move_conversations(r: redis.Redis, from_owner: str, to_owner: str) -> int:
-    """Give every live conversation of ``from_owner`` to ``to_owner`` (a guest's, on
-    logging in). Returns how many moved."""
+def move_conversations(
+    r: redis.Redis, from_owner: str, to_owner: str, only: str | None = None
+) -> int:
+    """Give every live conversation of ``from_owner`` (or just the one ``only``) to
+    ``to_owner``: a guest's, on logging in, or on redeeming a guest's resume code in
+    another browser. Returns how many moved."""
     source, target = keys.owner_conversations(from_owner), keys.owner_conversations(to_owner)
     entries = r.zrange(source, 0, -1, withscores=True)
+    if only is not None:
+        entries = [(cid, score) for cid, score in entries if cid == only] or [(only, time.time())]
 
     def queue(pipe):
         for conversation_id, _ in entries:
@@ -251,7 +256,10 @@ def move_conversations(r: redis.Redis, from_owner: str, to_owner: str) -> int:
         pipe.expire(target, retention, gt=True)
         pipe.expire(target, retention, nx=True)
         pipe.execute()
-    r.delete(source)
+    if only is None:
+        r.delete(source)
+    else:
+        r.zrem(source, only)
     return len(kept)
 
 

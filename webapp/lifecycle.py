@@ -3,6 +3,7 @@ the context a reply is written from (compacted when it outgrows its budget).
 
 States, as the page shows them:
 - active: the session (the working context) is alive;
+- parked: the idle timer issued a resume code; the session is frozen until the code ends;
 - expired: the session is gone, the transcript kept: "Where were we?";
 - gone: the transcript is gone too.
 """
@@ -31,11 +32,12 @@ from webapp.storage import keys
 from webapp.storage.scripts import (
     CONVERSATION_GONE,
     START_SESSION_FROM_NOTE,
+    TOUCH_SESSION,
     UPDATE_IF_EXISTS,
     execute_pipeline,
 )
 
-ACTIVE, EXPIRED, GONE = "active", "expired", "gone"
+ACTIVE, PARKED, EXPIRED, GONE = "active", "parked", "expired", "gone"
 NOTE = "note"
 """The role of a summary kept in the transcript: shown as a divider, given to the model as
 its notes, never as a message."""
@@ -52,6 +54,13 @@ class Session:
     compacted_through: int = -1
     """Index of the last message folded into ``compaction_note`` (-1: none)."""
     compaction_note: str = ""
+    parked_until: float = 0
+    code_hint: str = ""
+    """The first group of the resume code it is parked under, for its owner to recognise."""
+
+    @property
+    def parked(self) -> bool:
+        return self.parked_until > time.time()
 
     def seconds_left(self) -> int:
         return max(0, int(self.expires_at - time.time()))
@@ -69,13 +78,17 @@ def read_session(r: redis.Redis, conversation_id: str) -> Session | None:
         context_from=int(fields.get("context_from", 0)),
         compacted_through=int(fields.get("compacted_through", -1)),
         compaction_note=fields.get("compaction_note", ""),
+        parked_until=float(fields.get("parked_until", 0)),
+        code_hint=fields.get("code_hint", ""),
     )
 
 
 def state_of(conversation: Conversation | None, session: Session | None) -> str:
     if conversation is None:
         return GONE
-    return ACTIVE if session else EXPIRED
+    if session is None:
+        return EXPIRED
+    return PARKED if session.parked else ACTIVE
 
 
 def _since_latest_note(messages: Sequence[Message]) -> list[Message]:
@@ -307,3 +320,18 @@ def _batches(items, size):
             batch = []
     if batch:
         yield batch
+
+
+def touch(r: redis.Redis, conversation_id: str, lifetimes: Lifetimes) -> int:
+    """Slide the session because its user is active (this also ends any parking, and so
+    withdraws its resume code). Returns the seconds it has left, or -1 if it is gone."""
+
+    def queue(pipe):
+        TOUCH_SESSION.queue(
+            pipe,
+            keys.conversation_keys(conversation_id),
+            [lifetimes.session_idle, lifetimes.session_max, lifetimes.transcript_retention],
+        )
+
+    (left,) = execute_pipeline(r, queue)
+    return left

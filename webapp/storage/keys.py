@@ -61,6 +61,13 @@ RUNS_RUNNING = f"{PREFIX}:runs:running"
 heartbeat, for the reaper. No TTL: members leave when their run ends."""
 
 
+def resume_code(code_hash: str) -> str:
+    """Hash: conversation_id, owner, issued_at, expires_at, used_at of one resume code,
+    named by the code's keyed hash (the code itself is never stored). TTL: the code's
+    lifetime plus a grace period, so that a late entry can be told "expired"."""
+    return f"{PREFIX}:code:{{{code_hash}}}"
+
+
 def owner_conversations(owner: str) -> str:
     """Sorted set: conversation ids scored by last activity. TTL: transcript retention."""
     return f"{PREFIX}:owner:{{{owner}}}:conversations"

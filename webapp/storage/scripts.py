@@ -47,13 +47,15 @@ local function now_seconds()
   return tonumber(t[1]), tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
 
--- Slide the session: idle time from now, capped by the maximum age from its start.
+-- Slide the session: idle time from now, capped by the maximum age from its start. A user
+-- acting ends any parking: the resume code of the parked session is withdrawn with it.
 local function slide_session(now, idle, max_age)
   local started = tonumber(redis.call('HGET', KEYS[3], 'started_at') or '')
   if not started or started + max_age <= now then
     started = now
   end
   local ttl = math.min(idle, started + max_age - now)
+  redis.call('HDEL', KEYS[3], 'parked_until', 'code_hash', 'code_hint')
   redis.call('HSET', KEYS[3], 'started_at', started, 'expires_at', now + ttl)
   redis.call('EXPIRE', KEYS[3], ttl)
 end
@@ -277,6 +279,77 @@ return 1
 """
 )
 
+PARK_SESSION = AtomicScript(
+    _CONVERSATION_FUNCTIONS
+    + """
+-- Parks a live session under a new resume code: the session is frozen (it no longer
+-- slides) until the code expires, and the transcript is kept at least as long.
+-- KEYS[1..4] the conversation
+-- ARGV[1] the code's keyed hash, ARGV[2] its hint (first group), ARGV[3] code TTL seconds
+-- Returns the hash of the code it replaces ("" for none), or false if the session is gone.
+if redis.call('EXISTS', KEYS[3]) == 0 then return false end
+local now = now_seconds()
+local ttl = tonumber(ARGV[3])
+local replaced = redis.call('HGET', KEYS[3], 'code_hash') or ''
+redis.call('HSET', KEYS[3], 'parked_until', now + ttl, 'expires_at', now + ttl,
+  'code_hash', ARGV[1], 'code_hint', ARGV[2])
+redis.call('EXPIRE', KEYS[3], ttl)
+for i = 1, 4 do
+  if i ~= 3 and redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
+end
+return replaced
+"""
+)
+
+RESUME_PARKED_SESSION = AtomicScript(
+    _CONVERSATION_FUNCTIONS
+    + """
+-- Brings a parked session back, whole and sliding again, if it is parked under this code.
+-- KEYS[1..4] the conversation
+-- ARGV[1] the code's keyed hash, ARGV[2] session idle seconds, ARGV[3] session max seconds,
+-- ARGV[4] retention seconds
+-- Returns 1 if resumed, 0 if the session is gone or parked under another code.
+if redis.call('HGET', KEYS[3], 'code_hash') ~= ARGV[1] then return 0 end
+local now = now_seconds()
+redis.call('HSET', KEYS[3], 'started_at', now)  -- a new stretch of the same session
+slide_session(now, tonumber(ARGV[2]), tonumber(ARGV[3]))
+refresh_transcript(ARGV[4], {})
+return 1
+"""
+)
+
+REDEEM_CODE_ONCE = AtomicScript(
+    """
+-- Consumes a resume code exactly once, within its lifetime.
+-- KEYS[1] the code's hash
+-- Returns {"ok", conversation id, owner} or {reason}: "unknown", "used", "expired".
+local now = tonumber(redis.call('TIME')[1])
+local code = redis.call('HGETALL', KEYS[1])
+if #code == 0 then return {'unknown'} end
+local fields = {}
+for i = 1, #code, 2 do fields[code[i]] = code[i + 1] end
+if fields.used_at then return {'used'} end
+if tonumber(fields.expires_at) <= now then return {'expired'} end
+redis.call('HSET', KEYS[1], 'used_at', now)
+return {'ok', fields.conversation_id, fields.owner}
+"""
+)
+
+TOUCH_SESSION = AtomicScript(
+    _CONVERSATION_FUNCTIONS
+    + """
+-- Slides a live session because its user is active (typing, reading), as a message would.
+-- KEYS[1..4] the conversation
+-- ARGV[1] session idle seconds, ARGV[2] session max seconds, ARGV[3] retention seconds
+-- Returns the seconds the session has left, or -1 if it is gone.
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+local now = now_seconds()
+slide_session(now, tonumber(ARGV[1]), tonumber(ARGV[2]))
+refresh_transcript(ARGV[3], {})
+return redis.call('TTL', KEYS[3])
+"""
+)
+
 CHANGE_OWNER = AtomicScript(
     """
 -- Gives a conversation to another owner, only if it still exists and has the expected one
@@ -298,6 +371,10 @@ ALL_SCRIPTS = (
     START_SESSION_FROM_NOTE,
     UPDATE_IF_EXISTS,
     SAVE_DRAFT,
+    PARK_SESSION,
+    RESUME_PARKED_SESSION,
+    REDEEM_CODE_ONCE,
+    TOUCH_SESSION,
     CHANGE_OWNER,
 )
 

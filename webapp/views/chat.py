@@ -18,9 +18,19 @@ from flask import (
 )
 from flask_login import current_user
 
-from webapp import config, conversations, lifecycle, metrics, rate_limits, runs, summaries
+from webapp import (
+    config,
+    conversations,
+    lifecycle,
+    metrics,
+    rate_limits,
+    resume_codes,
+    runs,
+    summaries,
+)
 from webapp.conversations import Conversation, Message, MessageRejected
 from webapp.llm import get_provider
+from webapp.rendering import format_time
 from webapp.runs import Run, RunInProgress, SessionExpired
 from webapp.storage import WATCH_BLOCK_MS, get_blocking_redis, get_redis
 from webapp.views.identity import current_owner
@@ -263,6 +273,43 @@ def fork(conversation_id: str):
     return _to_latest(fork_id)
 
 
+@bp.post("/c/<conversation_id>/park")
+def park(conversation_id: str):
+    """Issue a resume code and park the conversation under it. The idle timer asks for JSON;
+    the "Get a resume code" button (no script needed) gets the page with the code."""
+    conversation = _owned_conversation(conversation_id)
+    r = get_redis()
+    issued = resume_codes.park(
+        r,
+        current_app.config["SECRET_KEY"],
+        conversation,
+        int(current_app.config["RESUME_CODE_TTL_SECONDS"]),
+    )
+    if issued is None:  # the session ended meanwhile: the page offers to catch up
+        return redirect(url_for("chat.conversation", conversation_id=conversation.id))
+    metrics.count_resume_code_issued(r)
+    if request.accept_mimetypes.best == "application/json":
+        messages = conversations.read_messages(r, conversation.id)
+        asked = [m.content for m in messages if m.role == "user"]
+        return {
+            "code": issued.code,
+            "valid_until": format_time(issued.expires_at),
+            "exchanges": len(asked),
+            "last_topic": conversations.make_title(asked[-1]) if asked else "",
+        }
+    return _render_conversation(conversation, issued_code=issued)
+
+
+@bp.post("/c/<conversation_id>/touch")
+def touch(conversation_id: str):
+    """The user is here: slide the session (and end any parking). Keep chatting posts here."""
+    conversation = _owned_conversation(conversation_id)
+    left = lifecycle.touch(get_redis(), conversation.id, config.lifetimes(current_app.config))
+    if request.accept_mimetypes.best == "application/json":
+        return {"seconds_left": left}
+    return redirect(url_for("chat.conversation", conversation_id=conversation.id) + "#latest")
+
+
 @bp.post("/c/<conversation_id>/delete")
 def delete(conversation_id: str):
     """Delete a conversation now, after asking once."""
@@ -315,7 +362,12 @@ def _render_index(error: str | None = None, draft: str = ""):
     )
 
 
-def _render_conversation(conversation: Conversation, error: str | None = None, draft: str = ""):
+def _render_conversation(
+    conversation: Conversation,
+    error: str | None = None,
+    draft: str = "",
+    issued_code: resume_codes.IssuedCode | None = None,
+):
     r = get_redis()
     before = request.args.get("before", type=int)
     first_index, messages = conversations.read_page(
@@ -343,4 +395,5 @@ def _render_conversation(conversation: Conversation, error: str | None = None, d
         new_message_id=conversations.new_id(),
         error=error,
         draft=draft or conversations.read_draft(r, conversation.id),
+        issued_code=issued_code,
     )

@@ -3,8 +3,11 @@
 import logging
 
 import redis
-from flask import Blueprint, render_template
+from flask import Blueprint, render_template, request
 from flask_wtf.csrf import CSRFError
+
+from webapp import metrics
+from webapp.storage import get_redis
 
 bp = Blueprint("errors", __name__)
 log = logging.getLogger(__name__)
@@ -41,6 +44,19 @@ def too_large(_error):
         "That was too much to send at once",
         "Nothing was saved. Shorten the message and send it again.",
     )
+
+
+@bp.app_errorhandler(429)
+def too_many(error):
+    if request.path == "/resume":
+        metrics.count_resume_failure(get_redis(), "rate_limited")
+    body, status = _page(
+        429,
+        "Slow down",
+        "Too many tries from here in a short time. Wait a minute and try again; "
+        "nothing you typed before was lost.",
+    )
+    return body, status, {"Retry-After": "60"}
 
 
 @bp.app_errorhandler(redis.exceptions.ConnectionError)
