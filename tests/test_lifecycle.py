@@ -1,6 +1,7 @@
 """The lifecycle: active, expired ("Where were we?"), gone; catching up; compaction; TTLs."""
 
 import time
+from dataclasses import replace
 from html import unescape
 
 import pytest
@@ -8,11 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fake_anthropic import Status
+from tests.test_runs import SETTINGS as TEST_RUN_SETTINGS
 from webapp import conversations, lifecycle, runs
 from webapp.conversations import Lifetimes, Message
 from webapp.llm import NOTE_INTRODUCTION
 from webapp.llm.offline import OfflineProvider
-from webapp.runs import RunSettings
 from webapp.storage import keys
 
 OWNER = "guest:lifecycle"
@@ -112,16 +113,24 @@ def test_catching_up_twice_makes_one_note(short_chat, real_redis):
     assert len(notes) == 1
 
 
-def test_with_claude_the_summary_uses_the_restore_prompt_and_seeds_the_system_prompt(
-    make_app, chat_factory, fake_anthropic, real_redis
-):
-    app = make_app(
-        SESSION_IDLE_SECONDS=2,
-        ANTHROPIC_API_KEY="k",
-        ANTHROPIC_BASE_URL=fake_anthropic.url,
-        ANTHROPIC_MAX_RETRIES=0,
+@pytest.fixture
+def short_claude_chat(make_app, chat_factory, fake_anthropic):
+    """A chat with Claude (through the fake API) whose sessions end after two idle seconds."""
+    return chat_factory(
+        make_app(
+            SESSION_IDLE_SECONDS=2,
+            ANTHROPIC_API_KEY="k",
+            ANTHROPIC_BASE_URL=fake_anthropic.url,
+            ANTHROPIC_MAX_RETRIES=0,
+        )
     )
-    chat = chat_factory(app)
+
+
+def test_with_claude_the_summary_uses_the_restore_prompt_and_seeds_the_system_prompt(
+    short_claude_chat, fake_anthropic, real_redis
+):
+    chat = short_claude_chat
+    app = chat.client.application
     conversation_id = chat.start_conversation("Help me plan a trip to Porto")
     expire_session(real_redis, conversation_id)
     fake_anthropic.reply_text = "Goal: a trip to Porto. Next: book a hotel."
@@ -141,15 +150,9 @@ def test_with_claude_the_summary_uses_the_restore_prompt_and_seeds_the_system_pr
 
 
 def test_when_the_model_fails_a_local_summary_is_used_and_the_page_says_so(
-    make_app, chat_factory, fake_anthropic, real_redis
+    short_claude_chat, fake_anthropic, real_redis
 ):
-    app = make_app(
-        SESSION_IDLE_SECONDS=2,
-        ANTHROPIC_API_KEY="k",
-        ANTHROPIC_BASE_URL=fake_anthropic.url,
-        ANTHROPIC_MAX_RETRIES=0,
-    )
-    chat = chat_factory(app)
+    chat = short_claude_chat
     conversation_id = chat.start_conversation("Teach me chess openings.")
     expire_session(real_redis, conversation_id)
     fake_anthropic.enqueue(Status(529))
@@ -255,13 +258,7 @@ def test_exactly_at_the_budget_nothing_is_compacted(redis, lifetimes):
 # Every key of a conversation has the TTL it should, after any sequence of writes.
 
 LIFETIMES = Lifetimes(session_idle=100, session_max=1000, transcript_retention=10_000)
-SETTINGS = RunSettings(
-    max_events=100,
-    events_ttl_after_end=50,
-    heartbeat_seconds=1,
-    stale_seconds=5,
-    context_budget_tokens=10_000,
-)
+SETTINGS = replace(TEST_RUN_SETTINGS, events_ttl_after_end=50)
 writes = st.lists(
     st.sampled_from(["reply", "stop", "fail", "expire_and_catch_up", "append"]), max_size=12
 )
