@@ -61,7 +61,7 @@ def conversation_id(page: Page) -> str:
 
 
 def test_long_absence_where_were_we_then_catch_me_up(serve, page, real_redis, screenshot):
-    app = serve(SESSION_IDLE_SECONDS=3)
+    app = serve(SESSION_IDLE_SECONDS=8)
     register(page, app.url, "traveller")
     page.goto(f"{app.url}/")
     send(page, "I am planning a cycling trip along the Danube.")
@@ -88,7 +88,7 @@ def test_long_absence_where_were_we_then_catch_me_up(serve, page, real_redis, sc
 
 
 def test_start_fresh_then_delete_the_old_one(serve, page, real_redis):
-    app = serve(SESSION_IDLE_SECONDS=2)
+    app = serve(SESSION_IDLE_SECONDS=6)
     page.goto(f"{app.url}/")
     send(page, "An old topic about knitting")
     cid = conversation_id(page)
