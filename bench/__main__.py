@@ -1,11 +1,13 @@
-"""`python -m bench`: start an embedded server, measure P1, P3 and P6, print the table."""
+"""`python -m bench`: start an embedded server, measure P1, P3, P4, P5 and P6, print the table."""
 
 import os
 import platform
+import statistics
 import tempfile
 import time
+from pathlib import Path
 
-from bench import measurements
+from bench import measurements, redemption, ttft
 from bench.report import Row, duration, ratio, render
 from webapp.conversations import DEDUPE_WINDOW
 from webapp.storage import connect
@@ -100,6 +102,59 @@ def p3_note(memory: measurements.MemoryUse) -> str:
     )
 
 
+def p4_row(first: ttft.FirstToken) -> Row:
+    """P4: the app's time to first token against the SDK's own, on the same fake."""
+    app = statistics.median(sample.net for sample in first.app)
+    sdk = statistics.median(sample.net for sample in first.sdk)
+    added = app - sdk
+    return Row(
+        "P4",
+        "time to first token, app (POST → SSE frame) vs SDK direct, same fake model",
+        duration(app),
+        duration(sdk),
+        f"{added * 1e3:+.2f} ms",
+        "≤ 5 ms added (median)",
+        added <= 0.005,
+    )
+
+
+def p4_notes(first: ttft.FirstToken) -> list[str]:
+    """How P4 was timed, its p90, where the added time goes, and the unheld diagnostic."""
+
+    def med(values) -> str:
+        return duration(statistics.median(values))
+
+    def p90(values) -> str:
+        return duration(ttft.p90(list(values)))
+
+    app, sdk, unheld = first.app, first.sdk, first.unheld
+    return [
+        f"P4: `resume-chat serve {' '.join(ttft.SERVE_OPTIONS)}` and the anthropic SDK, against "
+        "one fake Messages API in this process (tests/fake_anthropic.py, token_delay 0, "
+        "TCP_NODELAY set by the bench), medians of "
+        f"{ttft.P4_SAMPLES} interleaved samples each after {ttft.P4_WARM_UP} warm-up rounds; "
+        "a new guest each round, as the app limits model calls per person and minute.",
+        "P4 method: each side is (request sent → fake received it) + (fake wrote its first "
+        "delta → client got the text); the fake's own time between the two is left out of both. "
+        "App: POST / (redirect not followed), GET the page for data-events, open the SSE "
+        "stream with after=0-0; the fake holds its first delta until the app's XREAD is "
+        "blocked, as a real model's first token comes after the page has loaded. SDK: "
+        f"messages.stream(), the first delta held {ttft.SDK_HOLD_SECONDS * 1e3:g} ms.",
+        f"P4 p90: app {p90(s.net for s in app)}, SDK {p90(s.net for s in sdk)}. Split: "
+        f"request to the fake, app {med(s.upstream for s in app)} (POST handled, START_RUN, "
+        f"run thread, its SDK call) vs SDK {med(s.upstream for s in sdk)}; "
+        f"first delta to the client, app {med(s.downstream for s in app)} vs SDK "
+        f"{med(s.downstream for s in sdk)}, of which to a direct XREAD on the run's events "
+        f"{med(s.to_redis for s in app)}.",
+        f"P4 diagnostic, nothing held (first delta at once): SDK call → first text "
+        f"{med(first.sdk_unheld)}; app POST → first text over SSE after loading the page "
+        f"{med(s.total for s in unheld)} (p90 {p90(s.total for s in unheld)}: POST "
+        f"{med(s.post for s in unheld)}, page {med(s.page for s in unheld)}, SSE "
+        f"{med(s.sse for s in unheld)}); the page itself already showed the first token in "
+        f"{sum(s.page_had_text for s in unheld)} of {len(unheld)}.",
+    ]
+
+
 def p6_row(trips: measurements.RoundTrips) -> Row:
     """P6: counted writes per append."""
     per_append = trips.writes / trips.appends
@@ -139,14 +194,32 @@ def main() -> None:
             memory = measurements.memory_per_message(r)
             trips = measurements.round_trips_per_append(r, url)
             r.close()
+            first = ttft.first_token(url, Path(data_dir) / "app")
+            redeeming = redemption.redemption_latency(url, Path(data_dir) / "p5")
         finally:
             server.stop()
-    print(f"Resume Chat storage benchmark: {facts}")
+    print(f"Resume Chat benchmark: {facts}")
     print("Ratios come from one run on a noisy shared machine; both sides of each ratio are")
     print("measured in that run on the same server.\n")
-    print(render([*p1_rows(append_cost), *p3_rows(memory), p6_row(trips)]))
+    print(
+        render(
+            [
+                *p1_rows(append_cost),
+                *p3_rows(memory),
+                p4_row(first),
+                redemption.p5_row(redeeming),
+                p6_row(trips),
+            ]
+        )
+    )
     print()
-    for note in [*p1_notes(append_cost), p3_note(memory), *p6_notes(trips)]:
+    for note in [
+        *p1_notes(append_cost),
+        p3_note(memory),
+        *p4_notes(first),
+        *redemption.p5_notes(redeeming),
+        *p6_notes(trips),
+    ]:
         print(note)
     print(f"\nFinished in {time.perf_counter() - started:.1f} s.")
 

@@ -51,7 +51,10 @@ function idleTimer() {
       method: "POST",
       headers: { Accept: "application/json", "X-CSRFToken": token },
     });
-    return response.json();
+    // Anything but JSON (the session ended, the login ran out) leads to a reload below.
+    return response.ok && response.headers.get("Content-Type") === "application/json"
+      ? response.json()
+      : {};
   };
   const present = () => {
     activeAt = performance.now();
@@ -64,6 +67,7 @@ function idleTimer() {
   });
   const keepGoing = async () => {
     const answer = await post(clock.dataset.touchUrl);
+    if (!(answer.seconds_left > 0)) return location.reload();
     endsAt = performance.now() + answer.seconds_left * 1000;
     seenAt = performance.now();
     parked = false;
@@ -82,7 +86,7 @@ function idleTimer() {
     dialog.querySelector(".away").textContent =
       away >= 1 ? `for ${away} minute${away === 1 ? "" : "s"}` : "for a little while";
     dialog.querySelector(".exchanges").textContent =
-      `${code.exchanges} exchange${code.exchanges === 1 ? "" : "s"}`;
+      code.exchanges === 1 ? "1 exchange is" : `${code.exchanges} exchanges are`;
     dialog.querySelector(".topic").textContent = code.last_topic;
     dialog.querySelector(".code").textContent = code.code;
     dialog.querySelector(".valid-until").textContent = code.valid_until;
@@ -95,8 +99,14 @@ function idleTimer() {
     keepGoing();
   });
   dialog.querySelector(".copy").addEventListener("click", async (event) => {
-    await navigator.clipboard.writeText(dialog.querySelector(".code").textContent);
-    event.target.textContent = "Copied";
+    const code = dialog.querySelector(".code");
+    if (navigator.clipboard) {
+      await navigator.clipboard.writeText(code.textContent);
+      event.target.textContent = "Copied";
+    } else {
+      // No clipboard access (a page served over plain HTTP): select it for copying.
+      getSelection().selectAllChildren(code);
+    }
   });
 }
 

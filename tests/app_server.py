@@ -23,10 +23,21 @@ class AppServer:
     """``resume-chat serve`` as a child process; stop and start it again on the same port."""
 
     def __init__(
-        self, redis_url: str | None, instance_path: Path, log_path: Path, workers: int = 1
+        self,
+        redis_url: str | None,
+        instance_path: Path,
+        log_path: Path,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """With ``redis_url`` None the app starts its embedded server under ``instance_path``."""
+        """With ``redis_url`` None the app starts its embedded server under ``instance_path``.
+
+        ``env`` is set in the app's environment on top of the test defaults, e.g.
+        ``{"ANTHROPIC_API_KEY": "test-key", "FLASK_RUN_STALE_SECONDS": "1"}``: the only way
+        to give it FLASK_ and ANTHROPIC_ settings, which are never taken from the caller's.
+        """
         self.redis_url = redis_url
+        self.env = dict(env or {})
         self.instance_path = instance_path
         self.log_path = log_path
         self.workers = workers
@@ -56,6 +67,7 @@ class AppServer:
         )
         if self.redis_url:
             env["REDIS_URL"] = self.redis_url
+        env.update(self.env)
         return env
 
     def start(self) -> None:
@@ -83,6 +95,11 @@ class AppServer:
             )  # fmt: skip
         self._wait_until_healthy()
 
+    def _workers_ready(self) -> int:
+        """How many workers said "Worker ready" since the latest start."""
+        latest_start = self.output().rsplit("===== start #", 1)[-1]
+        return latest_start.count("Worker ready")
+
     def _wait_until_healthy(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         last_error = "no answer yet"
@@ -94,9 +111,11 @@ class AppServer:
                 )
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
-                    if response.status == 200:
+                    # Every worker must be up: a signal sent while one still boots makes
+                    # gunicorn exit with "Worker failed to boot".
+                    if response.status == 200 and self._workers_ready() >= self.workers:
                         return
-                    last_error = f"HTTP {response.status}"
+                    last_error = f"HTTP {response.status}, {self._workers_ready()} workers ready"
             except (urllib.error.URLError, OSError) as error:
                 last_error = str(error)
             time.sleep(0.05)

@@ -31,3 +31,4 @@ def test_admin_and_metrics_keys():
     assert keys.ADMIN_OVERVIEW == "rc:admin:overview"
     assert keys.METRICS_COUNTERS == "rc:metrics:counters"
     assert keys.resume_failures_in_hour(493_000) == "rc:metrics:resume-failures:493000"
+    assert keys.RESUME_CODES_PATTERN == "rc:code:*"

@@ -96,8 +96,8 @@ def test_resume_codes_catch_ups_and_resume_failures_by_reason(admin_client, real
     metrics.count_resume_code_issued(real_redis)
     metrics.count_resume_code_redeemed(real_redis)
     metrics.count_catch_up(real_redis, "model")
-    metrics.count_catch_up(real_redis, "local")
-    metrics.count_catch_up(real_redis, "local")
+    metrics.count_catch_up(real_redis, "extractive")
+    metrics.count_catch_up(real_redis, "extractive")
     for reason in ("unknown", "unknown", "expired"):
         metrics.count_resume_failure(real_redis, reason)
 
@@ -108,7 +108,8 @@ def test_resume_codes_catch_ups_and_resume_failures_by_reason(admin_client, real
     assert value(text, "resume_codes_issued_total") == 2
     assert value(text, "resume_codes_redeemed_total") == 1
     assert value(text, "catch_ups_total", outcome="model") == 1
-    assert value(text, "catch_ups_total", outcome="local") == 2
+    assert value(text, "catch_ups_total", outcome="extractive") == 2
+    assert value(text, "catch_ups_total", outcome="browser") == 0
     # The hour's bucket feeds the console's chart, and goes after two days.
     assert "Resume failures in the last 24 hours: 3 in all" in admin_client.get("/admin").text
     (bucket,) = real_redis.scan_iter(match="rc:metrics:resume-failures:*")
@@ -136,6 +137,7 @@ def test_conversations_by_state_are_a_gauge(chat, admin_client, real_redis):
     text = scrape(admin_client)
     assert "# TYPE conversations gauge" in text
     assert value(text, "conversations", state="active") == 1
+    assert value(text, "conversations", state="parked") == 0
     assert value(text, "conversations", state="expired") == 1
 
 

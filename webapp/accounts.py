@@ -71,13 +71,16 @@ def register(r: redis.Redis, username: str, password: str) -> User:
         )
     _check_password(password)
     user_id = secrets.token_urlsafe(12)
-    if not r.hsetnx(keys.USERNAMES, username.lower(), user_id):
-        raise AccountRejected("That username is taken. Choose another.")
     now = time.time()
+    # The profile first, then the name: a crash in between leaves an unreachable profile,
+    # never a name that points at nothing and can't be taken again.
     r.hset(
         keys.user_profile(user_id),
         mapping={"username": username, "password_hash": _hasher.hash(password), "created_at": now},
     )
+    if not r.hsetnx(keys.USERNAMES, username.lower(), user_id):
+        r.delete(keys.user_profile(user_id))
+        raise AccountRejected("That username is taken. Choose another.")
     return User(user_id, username, is_admin=False, created_at=now)
 
 

@@ -11,22 +11,26 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import redis
 
 from webapp import accounts, metrics
-from webapp.lifecycle import ACTIVE, EXPIRED
+from webapp.lifecycle import ACTIVE, EXPIRED, PARKED
 from webapp.storage import keys
+from webapp.storage.scripts import DELETE_CONVERSATION, execute_pipeline
 
-STATES = (ACTIVE, EXPIRED)
-"""Conversation states the console shows, in order. (Resume codes will add "parked".)"""
+STATES = (ACTIVE, PARKED, EXPIRED)
+"""Conversation states the console shows, in order."""
 
 GUESTS = "guest"
 """The owner filter that matches every guest."""
 
 MAX_SCANS_PER_PAGE = 20
-"""A filtered page stops after this many SCAN calls even if it has found fewer rows than a
-page holds; its "next page" link carries on from there."""
+"""A page stops after this many SCAN calls even if it has found fewer rows than it holds
+(a filter that matches little); its "next page" link carries on from there."""
+SCAN_GROWTH_LIMIT = 20
+"""One SCAN call of a page looks at no more than this many keys per row the page holds."""
 SCAN_BATCH = 1000
 """Keys examined per SCAN call when walking everything (overview counts, bulk clearing)."""
 CLEAR_BATCH = 100
@@ -35,30 +39,18 @@ AUDIT_LOG_MAX = 10_000
 """The audit log keeps about this many newest entries."""
 AUDIT_SHOWN = 50
 
-CLEAR_CONVERSATION = """
--- Deletes every given key of one conversation at once, only if it is still what the admin
--- chose to clear: owned by ARGV[1] (any owner if ""), and, if ARGV[2] is "expired", without
--- a live session (a user who came back meanwhile keeps the conversation).
--- KEYS[1] the meta hash, KEYS[2] the session hash, KEYS[3..] the conversation's other keys
--- (all share the conversation's hash tag, so this also runs on Redis Cluster).
--- Returns how many keys it deleted, or -1 if it refused (nothing deleted).
-if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return -1 end
-if ARGV[2] == 'expired' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-return redis.call('DEL', unpack(KEYS))
-"""
-# Run with EVAL, not EVALSHA: admin actions are rare, and this way a restarted server (which
-# forgets loaded scripts) needs no reloading.
-
 
 class UnknownOwner(LookupError):
     """The owner asked for is no account's username, and not a guest."""
 
 
-def conversation_state(*, has_session: bool) -> str:
-    """The state of a conversation whose transcript exists: active while its session lives,
-    expired once it is gone. (Resume codes will add parked: a code issued, the session
-    frozen; it takes precedence over both.)"""
-    return ACTIVE if has_session else EXPIRED
+def conversation_state(*, has_session: bool, parked_until: float = 0) -> str:
+    """The state of a conversation whose transcript exists, as lifecycle.state_of tells it
+    from the facts a pipeline reads: parked while its session is frozen under a resume code,
+    active while its session lives, expired once it is gone."""
+    if not has_session:
+        return EXPIRED
+    return PARKED if parked_until > time.time() else ACTIVE
 
 
 def owner_label(owner: str, usernames: dict[str, str]) -> str:
@@ -122,34 +114,55 @@ class Page:
     rows: list[ConversationRow]
     next_cursor: int | None
     """The SCAN cursor to carry on from; None after the last page."""
-    scans: int
 
 
 def _ttl(value: int) -> int | None:
     return None if value == -2 else value
 
 
-def _queue_facts(pipe, conversation_id: str) -> int:
-    """Queue the reads a row and its state need; returns how many commands it queued."""
+class Facts(NamedTuple):
+    """What a row and its state are made from, read for many conversations at once."""
+
+    meta: dict
+    session_ttl: int | None
+    transcript_ttl: int | None
+    run_id: str | None
+    parked_until: float
+
+    @property
+    def state(self) -> str:
+        return conversation_state(
+            has_session=self.session_ttl is not None, parked_until=self.parked_until
+        )
+
+
+FACT_READS = 5
+
+
+def _queue_facts(pipe, conversation_id: str) -> None:
+    """Queue the FACT_READS reads of one conversation's Facts."""
     pipe.hgetall(keys.conversation_meta(conversation_id))
     pipe.ttl(keys.conversation_session(conversation_id))
     pipe.ttl(keys.conversation_meta(conversation_id))
     pipe.hget(keys.conversation_run(conversation_id), "id")
-    return 4
+    pipe.hget(keys.conversation_session(conversation_id), "parked_until")
 
 
-def _read_facts(r: redis.Redis, ids: list[str]) -> dict[str, tuple]:
-    """(meta, session ttl, transcript ttl, latest run id) of each conversation that still
-    exists, in one round trip."""
+def _read_facts(r: redis.Redis, ids: list[str]) -> dict[str, Facts]:
+    """The Facts of each conversation that still exists, in one round trip."""
     pipe = r.pipeline(transaction=False)
     for conversation_id in ids:
         _queue_facts(pipe, conversation_id)
     answers = pipe.execute()
     facts = {}
     for number, conversation_id in enumerate(ids):
-        meta, session_ttl, transcript_ttl, run_id = answers[4 * number : 4 * number + 4]
+        meta, session_ttl, transcript_ttl, run_id, parked_until = answers[
+            FACT_READS * number : FACT_READS * (number + 1)
+        ]
         if meta:
-            facts[conversation_id] = (meta, _ttl(session_ttl), _ttl(transcript_ttl), run_id)
+            facts[conversation_id] = Facts(
+                meta, _ttl(session_ttl), _ttl(transcript_ttl), run_id, float(parked_until or 0)
+            )
     return facts
 
 
@@ -167,17 +180,17 @@ def _conversation_keys_with_run(conversation_id: str, run_id: str | None) -> lis
     return known
 
 
-def _rows(r: redis.Redis, facts: dict[str, tuple]) -> list[ConversationRow]:
+def _rows(r: redis.Redis, facts: dict[str, Facts]) -> list[ConversationRow]:
     """Rows for conversations whose facts were read: sizes and usernames in one round trip."""
     pipe = r.pipeline(transaction=False)
     sizes_queued = []
-    for conversation_id, (_meta, _s, _t, run_id) in facts.items():
-        known = _conversation_keys_with_run(conversation_id, run_id)
+    for conversation_id, its_facts in facts.items():
+        known = _conversation_keys_with_run(conversation_id, its_facts.run_id)
         for key in known:
             pipe.memory_usage(key)
         sizes_queued.append(len(known))
     user_ids = sorted(
-        {meta["owner"].partition(":")[2] for meta, *_ in facts.values() if _is_user(meta)}
+        {f.meta["owner"].partition(":")[2] for f in facts.values() if _is_user(f.meta)}
     )
     for user_id in user_ids:
         # The profile's username, read here rather than by accounts.get_user once per
@@ -190,24 +203,23 @@ def _rows(r: redis.Redis, facts: dict[str, tuple]) -> list[ConversationRow]:
         if name
     }
     rows, position = [], 0
-    for (conversation_id, (meta, session_ttl, transcript_ttl, _)), queued in zip(
-        facts.items(), sizes_queued, strict=True
-    ):
+    for (conversation_id, its_facts), queued in zip(facts.items(), sizes_queued, strict=True):
         size = sum(used or 0 for used in answers[position : position + queued])
         position += queued
+        meta = its_facts.meta
         rows.append(
             ConversationRow(
                 id=conversation_id,
                 owner=meta["owner"],
                 owner_name=owner_label(meta["owner"], usernames),
-                state=conversation_state(has_session=session_ttl is not None),
+                state=its_facts.state,
                 title=meta.get("title", ""),
                 message_count=int(meta.get("message_count", 0)),
                 size_bytes=size,
                 created_at=float(meta["created_at"]),
                 updated_at=float(meta["updated_at"]),
-                session_ttl=session_ttl,
-                transcript_ttl=transcript_ttl,
+                session_ttl=its_facts.session_ttl,
+                transcript_ttl=its_facts.transcript_ttl,
             )
         )
     return rows
@@ -227,36 +239,31 @@ def list_conversations(
     """One page of every conversation, from SCAN ``cursor`` (0: the first page), keeping
     those in ``state`` and of ``owner`` (an owner string, GUESTS, or None for any).
 
-    Each round reads its candidates in one pipeline; rows then get their sizes in one more.
-    A page may hold a few more rows than ``page_size`` (SCAN answers in whole buckets) or
-    fewer (a filter that matches little stops after MAX_SCANS_PER_PAGE SCAN calls).
+    Each SCAN call's finds are read in one pipeline (and filtered); the page's rows then get
+    their sizes in one more. A page may hold a few more rows than ``page_size`` (SCAN
+    answers in whole buckets), or fewer when a filter matches little (it stops after
+    MAX_SCANS_PER_PAGE calls; its "next page" carries on from there).
     """
-    kept: dict[str, tuple] = {}
-    scans = examined = matched = 0
-    while True:
-        candidates: list[str] = []
-        while len(candidates) < page_size and scans < MAX_SCANS_PER_PAGE:
-            # SCAN's COUNT is the keys it looks at, most of which are a conversation's other
-            # keys: after the first call, ask for as many as the share seen so far suggests.
-            share = max(matched / examined, 0.01) if examined else 1
-            count = min(max(round((page_size - len(candidates)) / share), 1), 50 * page_size)
-            cursor, found = r.scan(
-                cursor, match=keys.CONVERSATION_META_PATTERN, count=count, _type="hash"
-            )
-            scans, examined, matched = scans + 1, examined + count, matched + len(found)
-            candidates += [
-                cid for key in found if (cid := keys.conversation_id_of(key)) not in kept
-            ]
-            if cursor == 0:
-                break
-        for conversation_id, facts in _read_facts(r, list(dict.fromkeys(candidates))).items():
-            meta, session_ttl = facts[0], facts[1]
-            its_state = conversation_state(has_session=session_ttl is not None)
-            if _owner_matches(meta["owner"], owner) and state in (None, its_state):
+    kept: dict[str, Facts] = {}
+    scans = examined = count = 0
+    while len(kept) < page_size and scans < MAX_SCANS_PER_PAGE:
+        # SCAN's COUNT is how many keys it looks at, most of them not meta hashes (or not
+        # matching the filter): ask for as many as the share of kept rows so far suggests,
+        # at most twice as many as the call before, since that share is a rough guess.
+        share = max(len(kept) / examined, 0.001) if examined else 1
+        count = min(round((page_size - len(kept)) / share), 2 * count or page_size)
+        count = max(1, min(count, SCAN_GROWTH_LIMIT * page_size))
+        cursor, found = r.scan(
+            cursor, match=keys.CONVERSATION_META_PATTERN, count=count, _type="hash"
+        )
+        scans, examined = scans + 1, examined + count
+        ids = [cid for key in dict.fromkeys(found) if (cid := keys.conversation_id_of(key))]
+        for conversation_id, facts in _read_facts(r, ids).items() if ids else ():
+            if _owner_matches(facts.meta["owner"], owner) and state in (None, facts.state):
                 kept[conversation_id] = facts
-        if len(kept) >= page_size or cursor == 0 or scans >= MAX_SCANS_PER_PAGE:
+        if cursor == 0:
             break
-    return Page(rows=_rows(r, kept), next_cursor=cursor or None, scans=scans)
+    return Page(rows=_rows(r, kept), next_cursor=cursor or None)
 
 
 def conversation_row(r: redis.Redis, conversation_id: str) -> ConversationRow | None:
@@ -265,9 +272,9 @@ def conversation_row(r: redis.Redis, conversation_id: str) -> ConversationRow | 
     return _rows(r, facts)[0] if facts else None
 
 
-def _walk_conversations(r: redis.Redis) -> Iterator[tuple[str, str, bool]]:
-    """(id, owner, has a session) of every conversation, SCAN batch by SCAN batch, each
-    batch read in one pipeline."""
+def _walk_conversations(r: redis.Redis) -> Iterator[tuple[str, str, str]]:
+    """(id, owner, state) of every conversation, SCAN batch by SCAN batch, each batch read
+    in one pipeline."""
     cursor = 0
     while True:
         cursor, found = r.scan(
@@ -278,11 +285,15 @@ def _walk_conversations(r: redis.Redis) -> Iterator[tuple[str, str, bool]]:
         for conversation_id in ids:
             pipe.hget(keys.conversation_meta(conversation_id), "owner")
             pipe.exists(keys.conversation_session(conversation_id))
+            pipe.hget(keys.conversation_session(conversation_id), "parked_until")
         answers = pipe.execute() if ids else []
         for number, conversation_id in enumerate(ids):
-            owner, has_session = answers[2 * number], answers[2 * number + 1]
+            owner, has_session, parked_until = answers[3 * number : 3 * number + 3]
             if owner is not None:  # not gone since the SCAN
-                yield conversation_id, owner, bool(has_session)
+                state = conversation_state(
+                    has_session=bool(has_session), parked_until=float(parked_until or 0)
+                )
+                yield conversation_id, owner, state
         if cursor == 0:
             return
 
@@ -301,8 +312,8 @@ def count_states(r: redis.Redis, cache_seconds: int) -> StateCounts:
         stored = json.loads(cached)
         return StateCounts(stored["by_state"], stored["counted_at"])
     by_state = dict.fromkeys(STATES, 0)
-    for _id, _owner, has_session in _walk_conversations(r):
-        by_state[conversation_state(has_session=has_session)] += 1
+    for _id, _owner, state in _walk_conversations(r):
+        by_state[state] += 1
     counts = StateCounts(by_state, time.time())
     if cache_seconds > 0:
         stored = {"by_state": counts.by_state, "counted_at": counts.counted_at}
@@ -332,17 +343,38 @@ def _keys_by_conversation(r: redis.Redis, ids: set[str]) -> dict[str, set[str]]:
     return found
 
 
+def _codes_by_conversation(r: redis.Redis, ids: set[str]) -> dict[str, list[str]]:
+    """The resume code keys of each conversation in ``ids`` (the current code, and an
+    expired one kept to tell a late entry so): one SCAN pass over the codes."""
+    found: dict[str, list[str]] = {}
+    cursor = 0
+    while True:
+        cursor, code_keys = r.scan(
+            cursor, match=keys.RESUME_CODES_PATTERN, count=SCAN_BATCH, _type="hash"
+        )
+        pipe = r.pipeline(transaction=False)
+        for key in code_keys:
+            pipe.hget(key, "conversation_id")
+        for key, conversation_id in zip(
+            code_keys, pipe.execute() if code_keys else [], strict=True
+        ):
+            if conversation_id in ids:
+                found.setdefault(conversation_id, []).append(key)
+        if cursor == 0:
+            return found
+
+
 def _forget_references(pipe, conversation_id: str, owner: str, running: list[str]) -> None:
     """Queue the removal of what points at a cleared conversation from outside its hash
-    tag: its entry in its owner's index, and its runs in the index of running runs.
-    Resume codes (not built yet) live outside it too, and must be deleted here."""
+    tag (its resume codes aside): its entry in its owner's index, and its runs in the index
+    of running runs."""
     if owner:
         pipe.zrem(keys.owner_conversations(owner), conversation_id)
     if running:
         pipe.zrem(keys.RUNS_RUNNING, *running)
 
 
-def _clear(
+def delete_conversations(
     r: redis.Redis, owners: dict[str, str], *, only_owner: str = "", only_expired: bool = False
 ) -> Cleared:
     """Delete every key of each conversation in ``owners`` (id -> owner) and what points at
@@ -351,6 +383,7 @@ def _clear(
     if not owners:
         return Cleared(0, 0)
     found = _keys_by_conversation(r, set(owners))
+    codes = _codes_by_conversation(r, set(owners))
     running: dict[str, list[str]] = {}
     for member in r.zrange(keys.RUNS_RUNNING, 0, -1):
         running.setdefault(member.partition(" ")[0], []).append(member)
@@ -362,34 +395,38 @@ def _clear(
         for conversation_id in batch:
             pipe.hget(keys.conversation_run(conversation_id), "id")
         latest_runs = pipe.execute()  # a run started since the SCAN has events it missed
+
+        def queue(pipe, batch=batch, latest_runs=latest_runs):
+            for conversation_id, run_id in zip(batch, latest_runs, strict=True):
+                meta = keys.conversation_meta(conversation_id)
+                session = keys.conversation_session(conversation_id)
+                others = (
+                    found[conversation_id]
+                    | set(_conversation_keys_with_run(conversation_id, run_id))
+                ) - {meta, session}
+                DELETE_CONVERSATION.queue(
+                    pipe,
+                    [meta, session, *sorted(others)],
+                    [only_owner, EXPIRED if only_expired else ""],
+                )
+
+        cleared = [
+            (conversation_id, result)
+            for conversation_id, result in zip(batch, execute_pipeline(r, queue), strict=True)
+            if result >= 0  # else refused: it changed hands, or its user came back
+        ]
+        conversations += sum(1 for _, result in cleared if result)
+        deleted += sum(result for _, result in cleared)
         pipe = r.pipeline(transaction=False)
-        for conversation_id, run_id in zip(batch, latest_runs, strict=True):
-            meta = keys.conversation_meta(conversation_id)
-            session = keys.conversation_session(conversation_id)
-            others = (
-                found[conversation_id] | set(_conversation_keys_with_run(conversation_id, run_id))
-            ) - {meta, session}
-            pipe.eval(
-                CLEAR_CONVERSATION,
-                2 + len(others),
-                meta,
-                session,
-                *sorted(others),
-                only_owner,
-                EXPIRED if only_expired else "",
-            )
-        results = pipe.execute()
-        pipe = r.pipeline(transaction=False)
-        for conversation_id, result in zip(batch, results, strict=True):
-            if result < 0:
-                continue  # refused: it changed hands, or its user came back
-            conversations += 1 if result else 0
-            deleted += result
+        code_keys = [key for cid, _ in cleared for key in codes.get(cid, [])]
+        for code_key in code_keys:  # one DEL each: every code has a hash tag of its own
+            pipe.delete(code_key)
+        for conversation_id, _ in cleared:
             _forget_references(
                 pipe, conversation_id, owners[conversation_id], running.get(conversation_id, [])
             )
         pipe.delete(keys.ADMIN_OVERVIEW)  # the counts changed
-        pipe.execute()
+        deleted += sum(pipe.execute()[: len(code_keys)])
     return Cleared(conversations, deleted)
 
 
@@ -459,7 +496,7 @@ def describe_owner(r: redis.Redis, owner: str) -> str:
 def clear_conversation(r: redis.Redis, conversation_id: str, admin: str) -> Cleared:
     """Delete every key of one conversation and what points at it; audited."""
     owner = r.hget(keys.conversation_meta(conversation_id), "owner") or ""
-    cleared = _clear(r, {conversation_id: owner})
+    cleared = delete_conversations(r, {conversation_id: owner})
     detail = f"owner {describe_owner(r, owner)}" if owner else "already gone"
     record(
         r,
@@ -478,7 +515,7 @@ def clear_owner(r: redis.Redis, owner: str, admin: str) -> Cleared:
     owner's index); audited."""
     owners = dict.fromkeys(r.zrange(keys.owner_conversations(owner), 0, -1), owner)
     owners |= {cid: found for cid, found, _ in _walk_conversations(r) if found == owner}
-    cleared = _clear(r, owners, only_owner=owner)
+    cleared = delete_conversations(r, owners, only_owner=owner)
     record(
         r,
         admin,
@@ -494,8 +531,8 @@ def clear_owner(r: redis.Redis, owner: str, admin: str) -> Cleared:
 def clear_expired(r: redis.Redis, admin: str) -> Cleared:
     """Delete every expired conversation (transcript kept, session gone); one that becomes
     active meanwhile is kept. Audited."""
-    owners = {cid: owner for cid, owner, has_session in _walk_conversations(r) if not has_session}
-    cleared = _clear(r, owners, only_expired=True)
+    owners = {cid: owner for cid, owner, state in _walk_conversations(r) if state == EXPIRED}
+    cleared = delete_conversations(r, owners, only_expired=True)
     record(
         r,
         admin,

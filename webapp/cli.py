@@ -30,17 +30,22 @@ class _Server(BaseApplication):
         return create_app()
 
 
-def _interrupt_runs_on_sigterm(worker) -> None:
-    """Gunicorn hook, in each worker: on SIGTERM, first mark the worker's running replies
-    interrupted (partial text kept) and let watchers go, then stop gracefully as usual.
-    (On SIGINT and SIGQUIT gunicorn exits the worker at once; atexit does the same there.)"""
-    stop_gracefully = worker.handle_exit
+def _when_worker_ready(worker) -> None:
+    """Gunicorn hook, in each worker once it can serve: on SIGTERM (a graceful stop) and on
+    SIGINT or SIGQUIT (at once), first mark the worker's running replies interrupted, partial
+    text kept, and let watchers go; then stop as gunicorn would."""
+    for signum, stop in (
+        (signal.SIGTERM, worker.handle_exit),
+        (signal.SIGINT, worker.handle_quit),
+        (signal.SIGQUIT, worker.handle_quit),
+    ):
 
-    def handle_exit(signum, frame):
-        worker.wsgi.extensions["run_worker"].shutdown()
-        stop_gracefully(signum, frame)
+        def handle(signum, frame, stop=stop):
+            worker.wsgi.extensions["run_worker"].shutdown()
+            stop(signum, frame)
 
-    signal.signal(signal.SIGTERM, handle_exit)
+        signal.signal(signum, handle)
+    worker.log.info("Worker ready (pid: %s)", worker.pid)
 
 
 @main.command()
@@ -64,7 +69,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
             "accesslog": "-",
             # Several instances may run on one machine; none needs the control socket.
             "control_socket_disable": True,
-            "post_worker_init": _interrupt_runs_on_sigterm,
+            "post_worker_init": _when_worker_ready,
         }
     ).run()
 

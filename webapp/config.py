@@ -22,7 +22,8 @@ DEFAULTS = {
     "SESSION_MAX_SECONDS": 86400,
     # The transcript is kept this long after the last activity.
     "TRANSCRIPT_RETENTION_SECONDS": 7 * 86400,
-    # The idle dialog opens this long before the session would expire.
+    # The idle dialog opens this long before the session would expire (0: never; the
+    # "Get a resume code" button stays).
     "IDLE_WARNING_SECONDS": 300,
     # A resume code is valid this long.
     "RESUME_CODE_TTL_SECONDS": 48 * 3600,

@@ -230,16 +230,27 @@ def list_conversations(r: redis.Redis, owner: str, limit: int = 100) -> list[Con
     ]
 
 
-def move_conversations(
-    r: redis.Redis, from_owner: str, to_owner: str, only: str | None = None
-) -> int:
-    """Give every live conversation of ``from_owner`` (or just the one ``only``) to
-    ``to_owner``: a guest's, on logging in, or on redeeming a guest's resume code in
-    another browser. Returns how many moved."""
+def give_conversation(
+    r: redis.Redis, conversation_id: str, from_owner: str, to_owner: str, lifetimes: Lifetimes
+) -> None:
+    """Give one live conversation to another owner (a guest's resume code redeemed in
+    another browser), in one round trip."""
+    target = keys.owner_conversations(to_owner)
+
+    def queue(pipe):
+        CHANGE_OWNER.queue(pipe, [keys.conversation_meta(conversation_id)], [from_owner, to_owner])
+        pipe.zrem(keys.owner_conversations(from_owner), conversation_id)
+        pipe.zadd(target, {conversation_id: time.time()})
+        pipe.expire(target, lifetimes.transcript_retention)
+
+    execute_pipeline(r, queue)
+
+
+def move_conversations(r: redis.Redis, from_owner: str, to_owner: str) -> int:
+    """Give every live conversation of ``from_owner`` to ``to_owner`` (a guest's, on logging
+    in). Returns how many moved."""
     source, target = keys.owner_conversations(from_owner), keys.owner_conversations(to_owner)
     entries = r.zrange(source, 0, -1, withscores=True)
-    if only is not None:
-        entries = [(cid, score) for cid, score in entries if cid == only] or [(only, time.time())]
 
     def queue(pipe):
         for conversation_id, _ in entries:
@@ -256,10 +267,7 @@ def move_conversations(
         pipe.expire(target, retention, gt=True)
         pipe.expire(target, retention, nx=True)
         pipe.execute()
-    if only is None:
-        r.delete(source)
-    else:
-        r.zrem(source, only)
+    r.delete(source)
     return len(kept)
 
 
@@ -311,22 +319,6 @@ def fork_conversation(
     pipe.expire(recent_ids, lifetimes.transcript_retention)
     pipe.execute()
     return fork_id
-
-
-def conversation_key_names(r: redis.Redis, conversation_id: str) -> list[str]:
-    """Every key of the conversation (all share its hash tag), found with SCAN."""
-    return list(r.scan_iter(match=keys.conversation_keys_pattern(conversation_id), count=100))
-
-
-def delete_conversation(r: redis.Redis, conversation_id: str, owner: str) -> int:
-    """Delete every key of the conversation and its index entries; returns how many keys."""
-    names = conversation_key_names(r, conversation_id)
-    pipe = r.pipeline(transaction=False)
-    if names:
-        pipe.delete(*names)
-    pipe.zrem(keys.owner_conversations(owner), conversation_id)
-    results = pipe.execute()
-    return results[0] if names else 0
 
 
 def sweep_indexes(r: redis.Redis, batch: int = 500) -> int:

@@ -4,12 +4,14 @@ from flask import Flask, current_app
 from flask_limiter import Limiter
 from limits import parse
 
+from webapp.storage import keys
+
 limiter = Limiter(key_func=lambda: "", strategy="fixed-window")
 
 
 def init_app(app: Flask) -> None:
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
-    app.config.setdefault("RATELIMIT_KEY_PREFIX", "rc:limits")
+    app.config.setdefault("RATELIMIT_STORAGE_OPTIONS", {"key_prefix": keys.RATE_LIMITS_PREFIX})
     limiter.init_app(app)
 
 

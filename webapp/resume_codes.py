@@ -21,6 +21,7 @@ from webapp.storage.scripts import (
     PARK_SESSION,
     REDEEM_CODE_ONCE,
     RESUME_PARKED_SESSION,
+    UPDATE_IF_EXISTS,
     execute_pipeline,
 )
 
@@ -102,7 +103,13 @@ def park(r: redis.Redis, secret: str, conversation: Conversation, ttl: int) -> I
         r.delete(code_key)
         return None
     if replaced:
-        r.delete(keys.resume_code(replaced))
+        # The old code is kept, marked used, so that typing it says so (not "unknown").
+        execute_pipeline(
+            r,
+            lambda pipe: UPDATE_IF_EXISTS.queue(
+                pipe, [keys.resume_code(replaced)], ["used_at", int(now)]
+            ),
+        )
     return IssuedCode(formatted(code), now + ttl)
 
 
@@ -142,6 +149,8 @@ def redeem(r: redis.Redis, digest: str, lifetimes: Lifetimes) -> str:
         )
 
     (resumed,) = execute_pipeline(r, resume)
+    if resumed == -1:
+        raise CodeRefused(EXPIRED)  # the parked session ended with the code's last second
     if not resumed:
         raise CodeRefused(USED)  # withdrawn: the user carried on, or a newer code was issued
     return conversation_id

@@ -6,7 +6,6 @@ import atexit
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
@@ -36,7 +35,9 @@ class RunWorker:
         """Set when the process is shutting down: watchers should let go."""
         self._local: dict[str, Run] = {}
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="run")
+        # Daemon threads, so that a writer stuck reading from the model never holds up the
+        # process's exit (its run is marked interrupted first); at most ``threads`` write.
+        self._writers = threading.BoundedSemaphore(threads)
         atexit.register(self.shutdown)
 
     def start_background(self) -> None:
@@ -47,11 +48,12 @@ class RunWorker:
         """Write ``run``'s reply in the background."""
         with self._lock:
             self._local[run.id] = run
-        self._executor.submit(self._write, run, prefix)
+        threading.Thread(target=self._write, args=(run, prefix), name="run", daemon=True).start()
 
     def _write(self, run: Run, prefix: str) -> None:
         try:
-            runs.write_reply(self.r, self.provider, run, self.lifetimes, self.settings, prefix)
+            with self._writers:
+                runs.write_reply(self.r, self.provider, run, self.lifetimes, self.settings, prefix)
         except Exception:
             # Redis gone mid-reply, or a bug: the run stays "running" until the reaper marks
             # it interrupted, partial text kept, from whichever process sees it first.
@@ -98,4 +100,3 @@ class RunWorker:
             runs.interrupt_runs(self.r, self.local_runs(), self.lifetimes, self.settings)
         except redis.exceptions.RedisError as error:
             log.warning("could not mark runs interrupted at shutdown (the reaper will): %s", error)
-        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -23,6 +23,8 @@ def serve(real_redis, redis_server, tmp_path):
     def start(**settings) -> AppServer:
         env = {f"FLASK_{name}": str(value) for name, value in settings.items()}
         env["FLASK_OFFLINE_CHUNK_DELAY_SECONDS"] = "0"
+        # Sessions here last seconds: the idle dialog would park them at once.
+        env.setdefault("FLASK_IDLE_WARNING_SECONDS", "0")
         folder = tmp_path / f"app{len(servers)}"
         folder.mkdir()
         server = AppServer(redis_server.url, folder, folder / "app.log", env=env)

@@ -68,11 +68,12 @@ class Provider(Protocol):
 
 def init_app(app: Flask) -> None:
     """Choose the provider: Claude when an API key is configured, else the offline model."""
-    from webapp.llm.claude import ClaudeProvider
     from webapp.llm.offline import OfflineProvider
 
     config = app.config
     if config["ANTHROPIC_API_KEY"]:
+        from webapp.llm.claude import ClaudeProvider  # the SDK is only loaded when used
+
         app.extensions["llm"] = ClaudeProvider(
             api_key=config["ANTHROPIC_API_KEY"],
             base_url=config["ANTHROPIC_BASE_URL"],

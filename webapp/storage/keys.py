@@ -68,6 +68,11 @@ def resume_code(code_hash: str) -> str:
     return f"{PREFIX}:code:{{{code_hash}}}"
 
 
+RATE_LIMITS_PREFIX = f"{PREFIX}:limits"
+"""Prefix of the rate limiters' counters (Flask-Limiter's own layout below it).
+TTL: each window's."""
+
+
 def owner_conversations(owner: str) -> str:
     """Sorted set: conversation ids scored by last activity. TTL: transcript retention."""
     return f"{PREFIX}:owner:{{{owner}}}:conversations"
@@ -133,3 +138,7 @@ def resume_failures_in_hour(hour: int) -> str:
     """Hash: reason -> failed resume code entries in one hour (hours since the epoch, UTC).
     TTL: two days."""
     return f"{PREFIX}:metrics:resume-failures:{hour}"
+
+
+RESUME_CODES_PATTERN = f"{PREFIX}:code:*"
+"""SCAN pattern matching every resume code."""

@@ -308,7 +308,9 @@ RESUME_PARKED_SESSION = AtomicScript(
 -- KEYS[1..4] the conversation
 -- ARGV[1] the code's keyed hash, ARGV[2] session idle seconds, ARGV[3] session max seconds,
 -- ARGV[4] retention seconds
--- Returns 1 if resumed, 0 if the session is gone or parked under another code.
+-- Returns 1 if resumed, 0 if it is parked under another code or no longer parked, -1 if
+-- the session is gone.
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
 if redis.call('HGET', KEYS[3], 'code_hash') ~= ARGV[1] then return 0 end
 local now = now_seconds()
 redis.call('HSET', KEYS[3], 'started_at', now)  -- a new stretch of the same session
@@ -328,8 +330,8 @@ local code = redis.call('HGETALL', KEYS[1])
 if #code == 0 then return {'unknown'} end
 local fields = {}
 for i = 1, #code, 2 do fields[code[i]] = code[i + 1] end
-if fields.used_at then return {'used'} end
 if tonumber(fields.expires_at) <= now then return {'expired'} end
+if fields.used_at then return {'used'} end
 redis.call('HSET', KEYS[1], 'used_at', now)
 return {'ok', fields.conversation_id, fields.owner}
 """
@@ -347,6 +349,19 @@ local now = now_seconds()
 slide_session(now, tonumber(ARGV[1]), tonumber(ARGV[2]))
 refresh_transcript(ARGV[3], {})
 return redis.call('TTL', KEYS[3])
+"""
+)
+
+DELETE_CONVERSATION = AtomicScript(
+    """
+-- Deletes every given key of one conversation at once, only if it is still what was chosen
+-- for deletion: owned by ARGV[1] (any owner if ""), and, if ARGV[2] is "expired", without
+-- a live session (a user who came back meanwhile keeps the conversation).
+-- KEYS[1] the meta hash, KEYS[2] the session hash, KEYS[3..] the conversation's other keys
+-- Returns how many keys it deleted, or -1 if it refused (nothing deleted).
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return -1 end
+if ARGV[2] == 'expired' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+return redis.call('DEL', unpack(KEYS))
 """
 )
 
@@ -375,6 +390,7 @@ ALL_SCRIPTS = (
     RESUME_PARKED_SESSION,
     REDEEM_CODE_ONCE,
     TOUCH_SESSION,
+    DELETE_CONVERSATION,
     CHANGE_OWNER,
 )
 

@@ -137,7 +137,7 @@ def console():
     return render_template(
         "admin/console.html",
         view=view,
-        page=view.page if owner_error is None else admin.Page([], None, 0),
+        page=view.page if owner_error is None else admin.Page([], None),
         states=admin.STATES,
         state=state or "",
         owner_text=owner_text,

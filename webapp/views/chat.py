@@ -19,6 +19,7 @@ from flask import (
 from flask_login import current_user
 
 from webapp import (
+    admin,
     config,
     conversations,
     lifecycle,
@@ -316,7 +317,9 @@ def delete(conversation_id: str):
     conversation = _owned_conversation(conversation_id)
     if request.form.get("confirm") != "yes":
         return render_template("chat/delete.html", conversation=conversation)
-    conversations.delete_conversation(get_redis(), conversation.id, conversation.owner)
+    admin.delete_conversations(
+        get_redis(), {conversation.id: conversation.owner}, only_owner=conversation.owner
+    )
     return redirect(url_for("chat.index"))
 
 

@@ -14,6 +14,10 @@ from webapp.storage import get_redis
 REMEMBER_SECONDS = 30 * 86400
 """Remember-me lasts at most 30 days (Flask-Login's default is a year)."""
 
+KEPT_ACROSS_LOGIN = ("guest_id", "pending_code")
+"""What a new login keeps of the session before it: this browser's guest id (to offer
+moving its conversations) and a resume code typed before logging in (its keyed hash)."""
+
 login_manager = LoginManager()
 login_manager.login_view = "auth.login"
 login_manager.login_message = "Log in to see that page."
@@ -66,16 +70,15 @@ def current_owner() -> str:
 
 
 def log_in(user: User, remember: bool) -> None:
-    """Start a new login: a fresh session (keeping only this browser's guest id, so its
-    conversations can be moved into the account) and a new token checked on each request."""
-    guest_id = session.get("guest_id")
+    """Start a new login: a fresh session (keeping only KEPT_ACROSS_LOGIN) and a new token
+    checked on each request."""
+    kept = {name: session[name] for name in KEPT_ACROSS_LOGIN if name in session}
     session.clear()
     lifetime = REMEMBER_SECONDS if remember else int(current_app.config["LOGIN_SECONDS"])
     token = accounts.start_login(get_redis(), user, lifetime)
     login_user(LoginUser(user, token), remember=remember)
     session.permanent = remember
-    if guest_id:
-        session["guest_id"] = guest_id
+    session.update(kept)
 
 
 def log_out() -> None:

@@ -83,7 +83,9 @@ def _redeem(digest: str, owner: str):
     conversation_id = resume_codes.redeem(r, digest, config.lifetimes(current_app.config))
     if owner != current_owner():
         # A guest's code is the guest's key: the conversation joins this browser (or account).
-        conversations.move_conversations(r, owner, current_owner(), only=conversation_id)
+        conversations.give_conversation(
+            r, conversation_id, owner, current_owner(), config.lifetimes(current_app.config)
+        )
     metrics.count_resume_code_redeemed(r)
     return redirect(url_for("chat.conversation", conversation_id=conversation_id) + "#latest")
 
