@@ -168,11 +168,13 @@ class Context:
     turns: list[Message]
 
 
-def context(r: redis.Redis, conversation_id: str, leave_out: str = "") -> Context:
+def context(
+    r: redis.Redis, conversation_id: str, leave_out: str = "", session: Session | None = None
+) -> Context:
     """The session's context for the model, without the message ``leave_out`` (the reply
     being rewritten). A conversation whose session just expired gets the context since its
     latest note."""
-    session = read_session(r, conversation_id)
+    session = session or read_session(r, conversation_id)
     if session is None:
         messages = _since_latest_note(read_messages(r, conversation_id))
         session = Session(0, 0, context_from=0)
@@ -202,9 +204,9 @@ def compact_if_needed(
     """The context; if it outgrows ``budget_tokens``, first fold its oldest part (all but the
     first user turn and the most recent turns, which keep half the budget) into a summary
     kept with the session. The transcript keeps everything."""
-    current = context(r, conversation_id, leave_out)
-    texts = [current.note, *(m.content for m in current.turns)]
     session = read_session(r, conversation_id)
+    current = context(r, conversation_id, leave_out, session)
+    texts = [current.note, *(m.content for m in current.turns)]
     if session is None or summaries.estimate_tokens(texts) <= budget_tokens:
         return current
     first, *rest = current.turns
