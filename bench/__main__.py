@@ -129,7 +129,8 @@ def p4_notes(first: ttft.FirstToken) -> list[str]:
 
     app, sdk, unheld = first.app, first.sdk, first.unheld
     return [
-        f"P4: `resume-chat serve {' '.join(ttft.SERVE_OPTIONS)}` and the anthropic SDK, against "
+        f"P4: `resume-chat serve --workers {ttft.WORKERS} --threads {ttft.THREADS}` "
+        "and the anthropic SDK, against "
         "one fake Messages API in this process (tests/fake_anthropic.py, token_delay 0, "
         "TCP_NODELAY set by the bench), medians of "
         f"{ttft.P4_SAMPLES} interleaved samples each after {ttft.P4_WARM_UP} warm-up rounds; "

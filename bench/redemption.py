@@ -14,9 +14,6 @@ import http.client
 import math
 import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -25,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.report import Row, duration, ratio
+from tests.app_server import serving
 from webapp import conversations, metrics, resume_codes
 from webapp.conversations import Lifetimes, Message
 from webapp.storage import connect
-from webapp.storage.embedded import free_port
 
 P5_CODES = 2000
 """Codes redeemed and timed, after P5_WARM_UP that are not kept."""
@@ -37,15 +34,12 @@ P5_ALONE = 300
 """Codes redeemed by one client alone, for the diagnostic (unloaded) figures."""
 CLIENT_THREADS = 8
 """Browsers redeeming at once, each on its own kept-alive connection."""
-SERVE_OPTIONS = ("--workers", "2", "--threads", "8")
+WORKERS, THREADS = 2, 8
 SECRET_KEY = "bench-p5-secret-key"
 CODE_TTL_SECONDS = 3600
 LIFETIMES = Lifetimes(session_idle=1800, session_max=86400, transcript_retention=604800)
 GOAL_SECONDS = 0.010
-START_TIMEOUT_SECONDS = 20
-STOP_TIMEOUT_SECONDS = 10
 HTTP_TIMEOUT_SECONDS = 10
-LOG_TAIL = 4000
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -74,72 +68,15 @@ def park_conversations(redis_url: str, count: int) -> list[Parked]:
 
 @contextlib.contextmanager
 def served_app(redis_url: str, instance: Path) -> Iterator[int]:
-    """``resume-chat serve`` (offline model) on ``redis_url``; yields its port. Its process
-    group is ended on the way out, whatever happened."""
-    port = free_port()
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        # Nothing from the caller's shell may change the app's settings or pick a model.
-        if not name.startswith(("FLASK_", "ANTHROPIC_")) and name not in ("REDIS_URL", "PORT")
-    }
-    env.update(
-        REDIS_URL=redis_url,
-        FLASK_SECRET_KEY=SECRET_KEY,
-        FLASK_INSTANCE_PATH=str(instance),
-        PYTHONUNBUFFERED="1",
-    )
-    instance.mkdir(parents=True, exist_ok=True)
-    log_path = instance / "app.log"
-    command = [str(Path(sys.executable).with_name("resume-chat")), "serve"]
-    command += ["--host", "127.0.0.1", "--port", str(port), *SERVE_OPTIONS]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command,
-            env=env,
-            cwd=instance,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, ended as one
-        )
-    try:
-        _wait_until_healthy(process, port)
-        yield port
-    except Exception as error:
-        error.add_note(f"The app's output, last lines:\n{log_path.read_text()[-LOG_TAIL:]}")
-        raise
-    finally:
-        _stop(process)
-
-
-def _wait_until_healthy(process: subprocess.Popen, port: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the app exited while starting")
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        with contextlib.suppress(OSError):
-            connection.request("GET", "/healthz")
-            if connection.getresponse().status == 200:
-                connection.close()
-                return
-        connection.close()
-        time.sleep(0.05)
-    raise RuntimeError("the app did not answer /healthz in time")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the app's process group; SIGKILL it if it lingers."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    """``resume-chat serve`` (offline model) on ``redis_url``; yields its port."""
+    with serving(
+        redis_url,
+        instance,
+        workers=WORKERS,
+        threads=THREADS,
+        env={"FLASK_SECRET_KEY": SECRET_KEY},
+    ) as server:
+        yield server.port
 
 
 class Redeemer:
@@ -298,7 +235,8 @@ def p5_notes(result: Redemption) -> list[str]:
 
     requests = len(load.redeem) + len(load.healthz) + len(load.redeem)  # GET /resume too
     return [
-        f"P5: `resume-chat serve {' '.join(SERVE_OPTIONS)}` (offline model) on the bench's "
+        f"P5: `resume-chat serve --workers {WORKERS} --threads {THREADS}` (offline model) "
+        "on the bench's "
         f"server; {CLIENT_THREADS} client threads at once, each on a kept-alive connection, "
         f"redeemed {P5_CODES} codes (after {P5_WARM_UP} warm-up, not kept), every code by a "
         "new browser: GET /resume for its cookie and CSRF token (not timed), POST the code "

@@ -10,13 +10,9 @@ it, as a real model's first token (hundreds of milliseconds) comes after the pag
 
 import contextlib
 import http.client
-import os
 import re
-import signal
 import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -28,22 +24,19 @@ import anthropic
 import redis
 
 from tests import fake_anthropic
+from tests.app_server import serving
 from tests.fake_anthropic import FakeAnthropic, Hang
 from webapp import config
 from webapp.conversations import new_id
 from webapp.storage import connect, keys
-from webapp.storage.embedded import free_port
 
 P4_SAMPLES = 100
 """Samples of each kind, interleaved, after P4_WARM_UP rounds that are not kept."""
 P4_WARM_UP = 5
-SERVE_OPTIONS = ("--workers", "1", "--threads", "8")
+WORKERS, THREADS = 1, 8
 USER_TEXT = "Can you tighten the summary at the top of my résumé?"
 SECRET_KEY = "bench-secret-key"
-START_TIMEOUT_SECONDS = 20
-STOP_TIMEOUT_SECONDS = 10
 HTTP_TIMEOUT_SECONDS = 10
-LOG_TAIL = 6000
 """Characters of the app's output shown when P4 fails."""
 BLOCKED_TIMEOUT_SECONDS = 2
 SDK_HOLD_SECONDS = 0.003
@@ -104,77 +97,15 @@ class TimedFake(FakeAnthropic):
 
 @contextlib.contextmanager
 def served_app(redis_url: str, fake_url: str, instance: Path) -> Iterator[str]:
-    """``resume-chat serve`` on ``redis_url`` with Claude at ``fake_url``; yields host:port.
-
-    The server's process group (master and worker) is ended on the way out, whatever
-    happened."""
-    port = free_port()
+    """``resume-chat serve`` on ``redis_url`` with Claude at ``fake_url``; yields host:port."""
     env = {
-        name: value
-        for name, value in os.environ.items()
-        # Nothing from the caller's shell may change the app's settings.
-        if not name.startswith(("FLASK_", "ANTHROPIC_")) and name not in ("REDIS_URL", "PORT")
+        "FLASK_SECRET_KEY": SECRET_KEY,
+        "ANTHROPIC_API_KEY": "bench",
+        "ANTHROPIC_BASE_URL": fake_url,
+        "FLASK_ANTHROPIC_MAX_RETRIES": "0",
     }
-    env.update(
-        REDIS_URL=redis_url,
-        FLASK_SECRET_KEY=SECRET_KEY,
-        FLASK_INSTANCE_PATH=str(instance),
-        ANTHROPIC_API_KEY="bench",
-        ANTHROPIC_BASE_URL=fake_url,
-        FLASK_ANTHROPIC_MAX_RETRIES="0",
-        PYTHONUNBUFFERED="1",
-    )
-    instance.mkdir(parents=True, exist_ok=True)
-    log_path = instance / "app.log"
-    command = [str(Path(sys.executable).with_name("resume-chat")), "serve"]
-    command += ["--host", "127.0.0.1", "--port", str(port), *SERVE_OPTIONS]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command,
-            env=env,
-            cwd=instance,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, ended as one
-        )
-    try:
-        _wait_until_healthy(process, port)
-        yield f"127.0.0.1:{port}"
-    except Exception as error:
-        error.add_note(f"The app's output, last lines:\n{log_path.read_text()[-LOG_TAIL:]}")
-        raise
-    finally:
-        _stop(process)
-
-
-def _wait_until_healthy(process: subprocess.Popen, port: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the app exited while starting")
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        with contextlib.suppress(OSError):
-            connection.request("GET", "/healthz")
-            if connection.getresponse().status == 200:
-                connection.close()
-                return
-        connection.close()
-        time.sleep(0.05)
-    raise RuntimeError("the app did not answer /healthz in time")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the app's process group, as a process manager would; SIGKILL it if it lingers."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    with serving(redis_url, instance, workers=WORKERS, threads=THREADS, env=env) as server:
+        yield f"127.0.0.1:{server.port}"
 
 
 @dataclass

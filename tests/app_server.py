@@ -1,4 +1,5 @@
-"""``resume-chat serve`` as a child process, for tests that need the real server."""
+"""``resume-chat serve`` as a child process, for the tests and benchmarks that need the real
+server. Failures raise AppServerError, with the app's output in the message."""
 
 import contextlib
 import os
@@ -10,13 +11,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from webapp.storage.embedded import free_port
 
 TEST_SECRET_KEY = "test-secret-key"
 START_TIMEOUT_SECONDS = 20
 STOP_TIMEOUT_SECONDS = 15
+
+
+class AppServerError(RuntimeError):
+    """The app would not start or stop; the message ends with what it printed."""
 
 
 class AppServer:
@@ -29,6 +32,7 @@ class AppServer:
         log_path: Path,
         workers: int = 1,
         env: dict[str, str] | None = None,
+        threads: int = 4,
     ) -> None:
         """With ``redis_url`` None the app starts its embedded server under ``instance_path``.
 
@@ -40,7 +44,7 @@ class AppServer:
         self.env = dict(env or {})
         self.instance_path = instance_path
         self.log_path = log_path
-        self.workers = workers
+        self.workers, self.threads = workers, threads
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self.starts = 0
@@ -76,7 +80,7 @@ class AppServer:
             raise RuntimeError("the app is already running")
         executable = Path(sys.executable).with_name("resume-chat")
         if not executable.exists():
-            pytest.fail(f"{executable} is missing: install the project with `make test`")
+            raise AppServerError(f"{executable} is missing: install the project with `make test`")
         self.starts += 1
         with self.log_path.open("a") as log:
             log.write(f"\n===== start #{self.starts} on port {self.port} =====\n")
@@ -84,7 +88,7 @@ class AppServer:
             self.process = subprocess.Popen(
                 [
                     str(executable), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                    "--workers", str(self.workers), "--threads", "4",
+                    "--workers", str(self.workers), "--threads", str(self.threads),
                 ],
                 env=self._environment(),
                 cwd=self.instance_path,
@@ -105,7 +109,7 @@ class AppServer:
         last_error = "no answer yet"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(
+                raise AppServerError(
                     f"the app exited with status {self.process.returncode} while starting:\n"
                     + self.output()
                 )
@@ -120,7 +124,7 @@ class AppServer:
                 last_error = str(error)
             time.sleep(0.05)
         self.kill()
-        pytest.fail(
+        raise AppServerError(
             f"the app did not answer {self.url}/healthz within {START_TIMEOUT_SECONDS} s "
             f"(last: {last_error}); its output:\n{self.output()}"
         )
@@ -135,10 +139,10 @@ class AppServer:
             self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
             self.kill()
-            pytest.fail(
+            raise AppServerError(
                 f"the app did not stop within {STOP_TIMEOUT_SECONDS} s of SIGTERM; "
                 f"its output:\n{self.output()}"
-            )
+            ) from None
         return self.process.returncode
 
     def restart(self) -> None:
@@ -160,3 +164,19 @@ class AppServer:
             return self.log_path.read_text(errors="replace")[-20_000:]
         except FileNotFoundError:
             return "(no output)"
+
+
+@contextlib.contextmanager
+def serving(redis_url: str | None, instance_path: Path, **options):
+    """An AppServer (``options`` as its constructor's) started for the ``with`` block, and
+    stopped, or killed, whatever happens in it."""
+    instance_path.mkdir(parents=True, exist_ok=True)
+    server = AppServer(redis_url, instance_path, instance_path / "app.log", **options)
+    server.start()
+    try:
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            server.kill()
