@@ -44,22 +44,36 @@ expect.set_options(timeout=EXPECT_TIMEOUT_MS)
 
 
 @pytest.fixture
-def app_server(real_redis, redis_server, tmp_path):
-    """The app, started, on the session's real Redis; emptied (by ``real_redis``) afterwards.
+def serve(real_redis, redis_server, tmp_path):
+    """Start the app as a process on the session's real Redis: ``serve(env=None, **settings)``
+    with FLASK_ settings by name (``SESSION_IDLE_SECONDS=8``) and any other environment in
+    ``env``. Every app started is stopped (killed if need be) before ``real_redis`` empties
+    the database."""
+    servers = []
 
-    It depends on ``real_redis`` so that it is stopped before the database is flushed.
-    """
-    instance_path = tmp_path / "instance"
-    instance_path.mkdir()
-    server = AppServer(redis_server.url, instance_path, tmp_path / "app.log")
-    try:
+    def start(env: dict | None = None, **settings) -> AppServer:
+        environment = {f"FLASK_{name}": str(value) for name, value in settings.items()}
+        folder = tmp_path / f"app{len(servers)}"
+        folder.mkdir()
+        server = AppServer(
+            redis_server.url, folder, folder / "app.log", env=environment | (env or {})
+        )
+        servers.append(server)
         server.start()
-        yield server
-    finally:
+        return server
+
+    yield start
+    for server in servers:
         try:
             server.stop()
         finally:
             server.kill()  # a no-op unless stop() failed or left workers behind
+
+
+@pytest.fixture
+def app_server(serve):
+    """The app with its default settings."""
+    return serve()
 
 
 @pytest.fixture(scope="session")

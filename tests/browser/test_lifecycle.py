@@ -7,7 +7,6 @@ import time
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.app_server import AppServer
 from webapp.storage import keys
 
 pytestmark = pytest.mark.browser
@@ -16,26 +15,11 @@ PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def serve(real_redis, redis_server, tmp_path):
-    """Start the app as a process with extra settings; stopped after the test."""
-    servers = []
-
-    def start(**settings) -> AppServer:
-        env = {f"FLASK_{name}": str(value) for name, value in settings.items()}
-        env["FLASK_OFFLINE_CHUNK_DELAY_SECONDS"] = "0"
-        # Sessions here last seconds: the idle dialog would park them at once.
-        env.setdefault("FLASK_IDLE_WARNING_SECONDS", "0")
-        folder = tmp_path / f"app{len(servers)}"
-        folder.mkdir()
-        server = AppServer(redis_server.url, folder, folder / "app.log", env=env)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-        server.kill()
+def serve(serve):
+    """Apps whose sessions last seconds, without the idle dialog (it would park them at once)."""
+    return lambda **settings: serve(
+        **{"OFFLINE_CHUNK_DELAY_SECONDS": 0, "IDLE_WARNING_SECONDS": 0, **settings}
+    )
 
 
 def wait_until(condition, timeout=15):

@@ -7,7 +7,6 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.app_server import AppServer
 from tests.browser.test_lifecycle import conversation_id, send, wait_until
 from webapp.storage import keys
 
@@ -19,24 +18,9 @@ DIALOG_TIMEOUT_MS = 15_000
 
 
 @pytest.fixture
-def serve(real_redis, redis_server, tmp_path):
-    """Start the app as a process with extra settings; stopped after the test."""
-    servers = []
-
-    def start(**settings) -> AppServer:
-        env = {f"FLASK_{name}": str(value) for name, value in settings.items()}
-        env["FLASK_OFFLINE_CHUNK_DELAY_SECONDS"] = "0"
-        folder = tmp_path / f"app{len(servers)}"
-        folder.mkdir()
-        server = AppServer(redis_server.url, folder, folder / "app.log", env=env)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-        server.kill()
+def serve(serve):
+    """Apps whose offline model answers at once."""
+    return lambda **settings: serve(**{"OFFLINE_CHUNK_DELAY_SECONDS": 0, **settings})
 
 
 def wait_for_dialog(page: Page):

@@ -7,7 +7,6 @@ import time
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.app_server import AppServer
 from webapp import conversations, runs
 
 pytestmark = pytest.mark.browser
@@ -36,33 +35,17 @@ def continue_reply(body: dict) -> str:
 
 
 @pytest.fixture
-def claude_server(real_redis, redis_server, fake_anthropic, tmp_path):
+def claude_server(serve, fake_anthropic):
     """The app with Claude as its model, through the fake API with slow tokens."""
     fake_anthropic.reply_text = continue_reply
     fake_anthropic.token_delay = TOKEN_DELAY_SECONDS
-    instance_path = tmp_path / "instance"
-    instance_path.mkdir()
-    server = AppServer(
-        redis_server.url,
-        instance_path,
-        tmp_path / "app.log",
-        env={
-            "ANTHROPIC_API_KEY": "test-key",
-            "ANTHROPIC_BASE_URL": fake_anthropic.url,
-            "FLASK_ANTHROPIC_MAX_RETRIES": "0",
-            "FLASK_RUN_HEARTBEAT_SECONDS": "0.2",
-            "FLASK_RUN_STALE_SECONDS": "1",
-            "FLASK_RUN_REAPER_INTERVAL_SECONDS": "0.5",
-        },
+    return serve(
+        env={"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": fake_anthropic.url},
+        ANTHROPIC_MAX_RETRIES=0,
+        RUN_HEARTBEAT_SECONDS=0.2,
+        RUN_STALE_SECONDS=1,
+        RUN_REAPER_INTERVAL_SECONDS=0.5,
     )
-    try:
-        server.start()
-        yield server
-    finally:
-        try:
-            server.stop()
-        finally:
-            server.kill()
 
 
 def send(page: Page, text: str) -> str:
