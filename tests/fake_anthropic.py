@@ -110,6 +110,21 @@ def echo(body: dict) -> str:
     return f"Echo: {last_user_text(body)}"
 
 
+def carrying_on(whole: str):
+    """A reply_text that answers ``whole``, or, when the request ends with a prefilled
+    beginning of it (an assistant turn), the rest of it: as Claude carries on."""
+
+    def reply(body: dict) -> str:
+        last = body["messages"][-1]
+        if last["role"] != "assistant":
+            return whole
+        if not whole.startswith(last["content"]):
+            return "The prefill was not the beginning of the reply."
+        return whole[len(last["content"]) :]
+
+    return reply
+
+
 def tokens(text: str) -> list[str]:
     """A word per token, each keeping the whitespace after it, so that they join to the text."""
     return [token for token in re.split(r"(?<=\s)(?=\S)", text) if token]

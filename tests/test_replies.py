@@ -6,7 +6,7 @@ from html import unescape
 
 import pytest
 
-from tests.fake_anthropic import Hang, Status, StreamError
+from tests.fake_anthropic import Hang, Status, StreamError, carrying_on
 from webapp import conversations, runs
 
 
@@ -131,13 +131,7 @@ def test_an_error_mid_stream_keeps_the_partial_and_continue_completes_it(
     chat, real_redis, fake_anthropic
 ):
     whole = "The moon pulls the sea toward it."
-
-    def reply(body):
-        """Like Claude: carry on after a prefilled partial reply."""
-        last = body["messages"][-1]
-        return whole[len(last["content"]) :] if last["role"] == "assistant" else whole
-
-    fake_anthropic.reply_text = reply
+    fake_anthropic.reply_text = carrying_on(whole)
     fake_anthropic.enqueue(StreamError(after=3))
     conversation_id = chat.start_conversation("Why tides?")
     partial = conversations.read_messages(real_redis, conversation_id)[-1]

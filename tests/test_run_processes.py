@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.app_server import AppServer
+from tests.fake_anthropic import carrying_on
 from webapp import conversations, runs
 from webapp.storage import keys
 
@@ -41,20 +42,9 @@ REAPER_LOG_LINE = "stale runs interrupted"
 """What the app logs when its reaper marks runs interrupted (webapp/run_worker.py)."""
 
 
-def continue_reply(body: dict) -> str:
-    """REPLY, or the rest of it when the request ends with a prefill of its beginning (as
-    Claude carries on from a final assistant turn)."""
-    last = body["messages"][-1]
-    if last["role"] != "assistant":
-        return REPLY
-    if not REPLY.startswith(last["content"]):
-        return "The prefill was not the beginning of the reply."
-    return REPLY[len(last["content"]) :]
-
-
 @pytest.fixture
 def fake(fake_anthropic):
-    fake_anthropic.reply_text = continue_reply
+    fake_anthropic.reply_text = carrying_on(REPLY)
     fake_anthropic.token_delay = TOKEN_DELAY_SECONDS
     return fake_anthropic
 

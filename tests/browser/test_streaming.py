@@ -7,6 +7,7 @@ import time
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.fake_anthropic import carrying_on
 from webapp import conversations, runs
 
 pytestmark = pytest.mark.browser
@@ -24,20 +25,10 @@ DONE_TIMEOUT_MS = 15_000
 CONVERSATION_URL = re.compile(r"/c/[A-Za-z0-9_-]{8,64}(#latest)?$")
 
 
-def continue_reply(body: dict) -> str:
-    """REPLY, or the rest of it after a prefill of its beginning (as Claude carries on)."""
-    last = body["messages"][-1]
-    if last["role"] != "assistant":
-        return REPLY
-    if not REPLY.startswith(last["content"]):
-        return "The prefill was not the beginning of the reply."
-    return REPLY[len(last["content"]) :]
-
-
 @pytest.fixture
 def claude_server(serve, fake_anthropic):
     """The app with Claude as its model, through the fake API with slow tokens."""
-    fake_anthropic.reply_text = continue_reply
+    fake_anthropic.reply_text = carrying_on(REPLY)
     fake_anthropic.token_delay = TOKEN_DELAY_SECONDS
     return serve(
         env={"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": fake_anthropic.url},
