@@ -1,9 +1,11 @@
 """Model text is rendered as Markdown with raw HTML off, then sanitised."""
 
+import re
 from html.parser import HTMLParser
 
 import pytest
 
+from tests.xss_corpus import PAYLOADS
 from webapp.rendering import markdown_to_html
 
 HOSTILE = [
@@ -68,3 +70,57 @@ def test_links_are_kept_safe():
     html = markdown_to_html("[docs](https://example.org/docs)")
     assert 'href="https://example.org/docs"' in html
     assert 'rel="noopener noreferrer nofollow"' in html
+
+
+FORMATTING_TAGS = {
+    "p", "br", "hr", "em", "strong", "code", "pre", "blockquote", "a",
+    "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6",
+    "table", "thead", "tbody", "tr", "th", "td", "del",
+}  # fmt: skip
+INERT_ATTRIBUTES = {"href", "title", "rel", "start", "align"}
+URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+class RenderedText(ElementCollector):
+    """Also collects the text the browser would show."""
+
+    def __init__(self):
+        super().__init__()
+        self.text = []
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def scheme_of(url: str) -> str | None:
+    """The scheme a browser reads in ``url`` (it ignores spaces and control characters)."""
+    found = URL_SCHEME.match(re.sub(r"[\x00-\x20]", "", url))
+    return found[1].lower() if found else None
+
+
+def test_the_corpus_is_large_and_distinct():
+    assert len(PAYLOADS) >= 50
+    assert len({payload.text for payload in PAYLOADS}) == len(PAYLOADS)
+
+
+@pytest.mark.parametrize(
+    "payload", PAYLOADS, ids=lambda payload: f"{payload.number}-{payload.kind}"
+)
+def test_corpus_payload_renders_as_text_and_formatting(payload):
+    """The browser test's payloads, without the browser: only formatting survives, links go
+    nowhere but the web or mail, and the payload still shows (so nothing passes by vanishing)."""
+    rendered = RenderedText()
+    rendered.feed(markdown_to_html(payload.text))
+    rendered.close()
+    assert rendered.tags <= FORMATTING_TAGS
+    assert {name for name, _ in rendered.attributes} <= INERT_ATTRIBUTES
+    links = [value for name, value in rendered.attributes if name == "href"]
+    assert all(scheme_of(link) in (None, "http", "https", "mailto") for link in links), links
+    assert " ".join(payload.shown.split()) in " ".join("".join(rendered.text).split())
+
+
+def test_the_scheme_check_reads_urls_as_a_browser_does():
+    assert scheme_of(" java\tscript:alert(1)") == "javascript"
+    assert scheme_of("DATA:text/html,x") == "data"
+    assert scheme_of("%E2%80%8Bjavascript:alert(1)") is None
+    assert scheme_of("/c/abc") is None

@@ -2,6 +2,7 @@
 
 from flask import (
     Blueprint,
+    abort,
     current_app,
     redirect,
     render_template,
@@ -12,8 +13,7 @@ from flask import (
 from flask_limiter.util import get_remote_address
 from flask_login import current_user
 
-from webapp import config, conversations, metrics, resume_codes
-from webapp.rate_limits import limiter
+from webapp import config, conversations, metrics, rate_limits, resume_codes
 from webapp.resume_codes import CodeRefused
 from webapp.storage import get_redis
 from webapp.views.identity import current_owner
@@ -44,19 +44,21 @@ def enter():
 
 
 @bp.post("/resume")
-@limiter.limit(
-    FAILED_ENTRY_LIMITS,
-    key_func=get_remote_address,
-    deduct_when=lambda response: response.status_code >= 400,
-)
 def redeem():
     r = get_redis()
+    # Every entry takes a failure's slot before its code is looked at, so that entries sent
+    # together cannot all pass a check made before any of them is counted (S4).
+    slot = rate_limits.reserve_slot(r, FAILED_ENTRY_LIMITS, "resume.redeem", get_remote_address())
+    if slot is None:
+        abort(429)
     entry = request.form.get("code", "")
     try:
         digest = resume_codes.look_up(r, current_app.config["SECRET_KEY"], entry)
-        return _redeem(digest, resume_codes.owner_of(r, digest))
+        response = _redeem(digest, resume_codes.owner_of(r, digest))
     except CodeRefused as refused:
         return _refused(refused.reason, entry)
+    rate_limits.give_back_slot(r, slot)  # a right code is not a failure
+    return response
 
 
 @bp.get("/resume/continue")
