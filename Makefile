@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test bench lint chromium clean
+.PHONY: run test chaos bench chromium wrk clean
 
 $(BIN)/python:
 	python3 -m venv $(VENV)
@@ -25,19 +25,35 @@ test: $(VENV)/.test-installed chromium  ## Lint, format check, and the whole sui
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-bench: $(VENV)/.test-installed  ## Print the benchmark table
+chaos: $(VENV)/.test-installed  ## Only the fault tests (R1-R5), which `make test` also runs
+	$(BIN)/pytest tests/chaos
+
+$(VENV)/.bench-installed: $(VENV)/.test-installed
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed chromium wrk  ## Print the benchmark table, P1-P7
 	$(BIN)/python -m bench
 
-chromium:  ## Debian's Chromium for the browser tests
-	@if [ ! -x $(CHROMIUM) ]; then \
+# $(call debian_package,<command>,<package>,<what it is for>): apt-get installs <package>
+# when <command> is missing (as root; anyone else is told how).
+define debian_package
+	@if ! command -v $(1) >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "Installing Debian's chromium for the browser tests"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	    echo "Installing Debian's $(2), $(3)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
 	  else \
-	    echo "The browser tests need $(CHROMIUM): run 'sudo apt-get install chromium' and try again." >&2; \
+	    echo "Missing $(1), $(3): run 'sudo apt-get install $(2)' and try again." >&2; \
 	    exit 1; \
 	  fi; \
 	fi
+endef
+
+chromium:  ## Debian's Chromium for the browser tests
+	$(call debian_package,$(CHROMIUM),chromium,the browser tests)
+
+wrk:  ## Debian's wrk, the benchmark's load generator
+	$(call debian_package,wrk,wrk,the benchmark's load generator)
 
 clean:
 	rm -rf $(VENV) test-output .pytest_cache .ruff_cache .hypothesis

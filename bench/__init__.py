@@ -1,1 +1,1 @@
-"""The storage benchmark behind `make bench`: append cost, memory per message, round trips."""
+"""The benchmarks behind `make bench`: P1 to P7 of QUALITY.md in one table (load: wrk)."""

@@ -1,4 +1,4 @@
-"""`python -m bench`: start an embedded server, measure P1, P3, P4, P5 and P6, print the table."""
+"""`python -m bench`: start an embedded server, measure P1 to P7, print the table."""
 
 import os
 import platform
@@ -7,20 +7,34 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import measurements, redemption, ttft
+from bench import load, measurements, page, redemption, ttft
 from bench.report import Row, duration, ratio, render
 from webapp.conversations import DEDUPE_WINDOW
 from webapp.storage import connect
 from webapp.storage.embedded import EmbeddedRedis
 
 
+def _cpu_model() -> str:
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def _memory_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
 def machine_facts(info: dict) -> str:
-    """nproc, Python and server versions, for the header line."""
+    """The machine, Python, the server and the load generator, for the header line."""
     server = info.get("server_name", "redis")
     version = info.get(f"{server}_version", info["redis_version"])
     return (
-        f"nproc {os.cpu_count()}, Python {platform.python_version()}, "
-        f"{server} {version} (redis_version {info['redis_version']})"
+        f"{_cpu_model()}, nproc {os.cpu_count()}, {_memory_gib():.0f} GiB, "
+        f"{platform.system()} {platform.release()}; Python {platform.python_version()}; "
+        f"{server} {version} (redis_version {info['redis_version']}); "
+        f"load generator {load.wrk_version()}"
     )
 
 
@@ -64,6 +78,56 @@ def p1_notes(result: measurements.AppendCostResult) -> list[str]:
         f"messages, where the {DEDUPE_WINDOW}-message dedupe scan "
         f"is full at both: {ratio(past.large / past.small)} "
         f"({duration(past.large)} vs {duration(past.small)}).",
+    ]
+
+
+def p2_rows(rates: page.Throughput) -> list[Row]:
+    """P2 and its bare-page baseline."""
+    app, bare = rates.median_rate(rates.app), rates.median_rate(rates.bare)
+    return [
+        Row(
+            "P2",
+            f"conversation page ({page.MESSAGES} messages) as its owner, wrk "
+            f"{page.P2_CONNECTIONS} connections, requests/s",
+            f"{app:,.0f}/s",
+            f"{bare:,.0f}/s",
+            ratio(rates.ratio),
+            "≥ 0.7",
+            rates.ratio >= 0.7,
+        ),
+        Row(
+            "P2 baseline",
+            "bare Flask + Redis + Jinja2 page, same reads, same gunicorn settings",
+            f"{bare:,.0f}/s",
+        ),
+    ]
+
+
+def p2_notes(rates: page.Throughput) -> list[str]:
+    """How P2 was run, each round, and the CPU each page costs."""
+
+    def cpu(results: list[load.WrkResult]) -> float:
+        return statistics.median(result.cpu_per_request for result in results)
+
+    rounds = ", ".join(
+        f"{a.per_second:,.0f}/{b.per_second:,.0f} ({ratio(a.per_second / b.per_second)})"
+        for a, b in zip(rates.app, rates.bare, strict=True)
+    )
+    app_cpu, bare_cpu = cpu(rates.app), cpu(rates.bare)
+    return [
+        f"P2: both under `gunicorn --workers {page.WORKERS} --threads {page.THREADS} "
+        "--worker-class gthread` with an access log, on the bench's server at once; wrk "
+        f"{page.P2_CONNECTIONS} connections, the owner's session cookie, {page.P2_ROUNDS} "
+        f"interleaved rounds of {page.P2_SECONDS} s each after a {page.WARM_UP_SECONDS} s "
+        f"warm-up; rates are medians, the ratio the median of the rounds' ratios. "
+        "The bare page (bench/bare_page.py) reads meta, the messages, "
+        "the run, the session and the draft, checks the owner in the same signed cookie, and "
+        "renders them escaped: no Markdown, CSRF tokens or fork forms.",
+        f"P2 rounds, app/bare requests/s: {rounds}. Workers' CPU per page: app "
+        f"{duration(app_cpu)}, bare {duration(bare_cpu)} (×{app_cpu / bare_cpu:.2f}); page "
+        f"{rates.app_page_bytes:,} B vs {rates.bare_page_bytes:,} B. p99 under wrk: app "
+        f"{duration(statistics.median(r.p99 for r in rates.app))}, bare "
+        f"{duration(statistics.median(r.p99 for r in rates.bare))}.",
     ]
 
 
@@ -182,6 +246,55 @@ def p6_notes(trips: measurements.RoundTrips) -> list[str]:
     ]
 
 
+def p7_rows(weight: page.Weight) -> list[Row]:
+    """P7 as transferred, and uncompressed."""
+    return [
+        Row(
+            "P7",
+            f"page weight, conversation page ({page.MESSAGES} messages), first load in "
+            "Chromium, empty cache, bytes transferred",
+            f"{weight.transferred / 1024:.1f} KB",
+            goal="≤ 100 KB, no framework",
+            passed=weight.transferred <= page.P7_GOAL_BYTES
+            and weight.scripts_are_ours
+            and weight.same_origin,
+        ),
+        Row(
+            "P7 uncompressed",
+            "same, the bodies as decoded (the app sends them uncompressed)",
+            f"{weight.body / 1024:.1f} KB",
+        ),
+    ]
+
+
+def p7_notes(weight: page.Weight, parts: dict[str, int]) -> list[str]:
+    """What the first load fetched, what the HTML is made of, and whose the scripts are."""
+    fetched = ", ".join(
+        f"{resource.kind} {resource.url.split('/', 3)[-1] or '/'} {resource.body:,} B "
+        f"({resource.transferred:,} B transferred)"
+        for resource in weight.resources
+    )
+    scripts = [resource for resource in weight.resources if resource.kind == "script"]
+    html = next(resource.body for resource in weight.resources if resource.kind == "document")
+    return [
+        f"P7: Chromium (/usr/bin/chromium, headless, Playwright) loads the page as its owner "
+        f"with an empty cache until the network is idle; {len(weight.resources)} responses: "
+        f"{fetched}. 1 KB = 1,024 B; transferred = response headers + body as sent.",
+        "P7 HTML: "
+        + ", ".join(f"{name} {size:,} B ({size / html:.0%})" for name, size in parts.items())
+        + f". Gzipped (level 6) the whole load would be {weight.gzipped / 1024:.1f} KB, but "
+        "the bench's messages repeat 15 sentences, so real text compresses less.",
+        "P7 no framework: scripts "
+        + (", ".join(s.url.split("/", 3)[-1] for s in scripts) or "none")
+        + (
+            ", byte for byte the project's own static/ files"
+            if weight.scripts_are_ours
+            else ", NOT all the project's own static/ files"
+        )
+        + ("; every response from the app's origin." if weight.same_origin else "; OTHER ORIGINS."),
+    ]
+
+
 def main() -> None:
     """Run every measurement on a fresh embedded server and print the table."""
     started = time.perf_counter()
@@ -196,6 +309,7 @@ def main() -> None:
             trips = measurements.round_trips_per_append(r, url)
             r.close()
             first = ttft.first_token(url, Path(data_dir) / "app")
+            pages = page.conversation_page(url, Path(data_dir) / "page")
             redeeming = redemption.redemption_latency(url, Path(data_dir) / "p5")
         finally:
             server.stop()
@@ -206,20 +320,24 @@ def main() -> None:
         render(
             [
                 *p1_rows(append_cost),
+                *p2_rows(pages.throughput),
                 *p3_rows(memory),
                 p4_row(first),
-                redemption.p5_row(redeeming),
+                *redemption.p5_rows(redeeming),
                 p6_row(trips),
+                *p7_rows(pages.weight),
             ]
         )
     )
     print()
     for note in [
         *p1_notes(append_cost),
+        *p2_notes(pages.throughput),
         p3_note(memory),
         *p4_notes(first),
         *redemption.p5_notes(redeeming),
         *p6_notes(trips),
+        *p7_notes(pages.weight, pages.html_parts),
     ]:
         print(note)
     print(f"\nFinished in {time.perf_counter() - started:.1f} s.")

@@ -1,46 +1,55 @@
-"""P5, resume code redemption under load: the app as a real server, codes typed at /resume
-by several browsers at once, timed from the client; GET /healthz under the same load as the
-baseline.
+"""P5, resume code redemption under load: the app as a real server, wrk POSTing pre-issued
+codes to /resume (each code once), at 1, 2, 4 and 8 connections; GET /healthz at the same
+connection counts as the baseline.
 
 The codes are issued through the domain (``resume_codes.park``) with the server's secret, on
 guest conversations, so each redemption is journey 3 in full: the code looked up by its
 keyed hash, used once, the parked session resumed, and the conversation moved to the
-redeeming browser. Only correct codes are typed: successful redemptions are not counted by
-the limit on failed entries, so the server never answers 429 here (checked).
+redeeming browser. Every POST carries the cookie and CSRF token of one browser that has
+only loaded /resume, as a new device has: its cookie names no guest yet, so each
+redemption makes the guest that receives the conversation. Only correct codes are sent:
+successful redemptions are not counted by the limit on failed entries, so the server never
+answers 429 here (checked, with the server's own counters).
 """
 
 import contextlib
-import http.client
 import math
 import os
 import re
-import threading
+import statistics
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.load import LoadError, WrkResult, expect_only, run_wrk
 from bench.report import Row, duration, ratio
-from tests.app_server import serving
+from tests.app_server import AppServer, serving
 from webapp import conversations, metrics, resume_codes
 from webapp.conversations import Lifetimes, Message
 from webapp.storage import connect
 
-P5_CODES = 2000
-"""Codes redeemed and timed, after P5_WARM_UP that are not kept."""
-P5_WARM_UP = 100
-P5_ALONE = 300
-"""Codes redeemed by one client alone, for the diagnostic (unloaded) figures."""
-CLIENT_THREADS = 8
-"""Browsers redeeming at once, each on its own kept-alive connection."""
+LEVELS = (1, 2, 4, 8)
+"""Connections kept busy by wrk, each sending its next request as soon as it is answered."""
+HEADLINE_CONNECTIONS = 8
+SECONDS = 2
+"""Each wrk run's duration: one redemption run and one /healthz run per level."""
+WARM_UP_SECONDS = 1
+FIRST_RATE_GUESS = 600
+"""Redemptions per second the warm-up's codes are prepared for (a run short of codes is
+made again with twice as many)."""
+CODE_MARGIN = 1.25
+"""Codes prepared per run, over the most redemptions per second seen times its seconds."""
+ATTEMPTS = 3
 WORKERS, THREADS = 2, 8
 SECRET_KEY = "bench-p5-secret-key"
 CODE_TTL_SECONDS = 3600
 LIFETIMES = Lifetimes(session_idle=1800, session_max=86400, transcript_retention=604800)
 GOAL_SECONDS = 0.010
-HTTP_TIMEOUT_SECONDS = 10
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+REDIRECT = 302
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ def park_conversations(redis_url: str, count: int) -> list[Parked]:
     r = connect(redis_url)
     parked = []
     for number in range(count):
-        owner = f"guest:bench-p5-{number}"
+        owner = f"guest:bench-p5-{time.monotonic_ns()}-{number}"
         conversation_id = conversations.create_conversation(r, owner, LIFETIMES)
         for role, text in (("user", "Plan my week, please."), ("assistant", "Gladly. " * 40)):
             message = Message(conversations.new_id(), role, text, time.time())
@@ -66,191 +75,217 @@ def park_conversations(redis_url: str, count: int) -> list[Parked]:
     return parked
 
 
-@contextlib.contextmanager
-def served_app(redis_url: str, instance: Path) -> Iterator[int]:
-    """``resume-chat serve`` (offline model) on ``redis_url``; yields its port."""
-    with serving(
-        redis_url,
-        instance,
-        workers=WORKERS,
-        threads=THREADS,
-        env={"FLASK_SECRET_KEY": SECRET_KEY},
-    ) as server:
-        yield server.port
+@dataclass(frozen=True)
+class Browser:
+    """The cookie and CSRF token a browser gets from GET /resume."""
 
+    cookie: str
+    csrf_token: str
 
-class Redeemer:
-    """One client thread's kept-alive connection; each code is typed by a new browser (a
-    cookie jar of its own), as on another device."""
+    @classmethod
+    def load_resume_page(cls, app_url: str) -> "Browser":
+        with urllib.request.urlopen(f"{app_url}/resume") as response:
+            cookie = response.headers["Set-Cookie"].split(";", 1)[0]
+            page = response.read().decode()
+        return cls(cookie, CSRF_FIELD.search(page)[1])
 
-    def __init__(self, port: int) -> None:
-        self.connection = http.client.HTTPConnection(
-            "127.0.0.1", port, timeout=HTTP_TIMEOUT_SECONDS
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Cookie": self.cookie, "Content-Type": "application/x-www-form-urlencoded"}
+
+    def write_bodies(self, codes: list[Parked], path: Path) -> Path:
+        """The form bodies that type ``codes`` (lower case, spaces for hyphens, as on a
+        phone), one a line, for wrk."""
+        lines = (
+            urllib.parse.urlencode(
+                {"csrf_token": self.csrf_token, "code": p.code.lower().replace("-", " ")}
+            )
+            for p in codes
         )
+        path.write_text("".join(f"{line}\n" for line in lines))
+        return path
 
-    def _request(self, method: str, path: str, headers: dict, body: bytes | None = None):
-        """(status, Location, Set-Cookie, body, seconds from sending to the whole answer)."""
+
+@contextlib.contextmanager
+def served_app(redis_url: str, instance: Path) -> Iterator[AppServer]:
+    """``resume-chat serve`` (offline model) on ``redis_url``."""
+    env = {"FLASK_SECRET_KEY": SECRET_KEY}
+    with serving(redis_url, instance, workers=WORKERS, threads=THREADS, env=env) as server:
+        yield server
+
+
+class Redeeming:
+    """wrk POSTing fresh codes to one served app, the codes parked just before each run."""
+
+    def __init__(self, redis_url: str, app: AppServer, work_dir: Path) -> None:
+        self.redis_url, self.app, self.work_dir = redis_url, app, work_dir
+        self.browser = Browser.load_resume_page(app.url)
+        self.rate = FIRST_RATE_GUESS
+        """The most redemptions per second seen so far, to size each run's codes."""
+        self.runs = 0
+        self.redirects = 0
+        self.in_flight = 0
+        """Requests at most still in flight when runs ended: wrk drops them, uncounted, while
+        the server redeems their codes."""
+        self.parking_seconds = 0.0
+        self.parked = 0
+
+    def _park(self, count: int) -> list[Parked]:
         started = time.perf_counter()
-        self.connection.request(method, path, body=body, headers=headers)
-        response = self.connection.getresponse()
-        text = response.read()
-        elapsed = time.perf_counter() - started
-        cookie = (response.getheader("Set-Cookie") or "").split(";", 1)[0]
-        return response.status, response.getheader("Location"), cookie, text, elapsed
+        parked = park_conversations(self.redis_url, count)
+        self.parking_seconds += time.perf_counter() - started
+        self.parked += count
+        return parked
 
-    def redeem(self, parked: Parked) -> float:
-        """GET /resume (not timed: the form, a cookie and a CSRF token), then POST the code,
-        typed as on a phone; the POST's seconds. Anything but the redirect into the
-        conversation is an error."""
-        status, _, cookie, page, _ = self._request("GET", "/resume", {})
-        if status != 200 or not cookie:
-            raise RuntimeError(f"GET /resume: HTTP {status}")
-        token = CSRF_FIELD.search(page.decode())[1]
-        typed = parked.code.lower().replace("-", " ")
-        body = urllib.parse.urlencode({"csrf_token": token, "code": typed}).encode()
-        headers = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
-        status, location, _, _, elapsed = self._request("POST", "/resume", headers, body)
-        if (status, location) != (302, f"/c/{parked.conversation_id}#latest"):
-            raise RuntimeError(f"POST /resume: HTTP {status} to {location}")
-        return elapsed
-
-    def healthz(self) -> float:
-        status, _, _, _, elapsed = self._request("GET", "/healthz", {})
-        if status != 200:
-            raise RuntimeError(f"GET /healthz: HTTP {status}")
-        return elapsed
+    def run(self, connections: int, seconds: float) -> WrkResult:
+        """wrk redeems fresh codes for ``seconds``; every answer must be the redirect. A run
+        whose connections ran out of codes is made again with twice as many."""
+        for _ in range(ATTEMPTS):
+            codes = self._park(math.ceil(self.rate * seconds * CODE_MARGIN))
+            self.runs += 1
+            bodies = self.browser.write_bodies(codes, self.work_dir / f"codes-{self.runs}.txt")
+            result = run_wrk(
+                f"{self.app.url}/resume",
+                connections,
+                seconds,
+                self.browser.headers,
+                bodies,
+                server_pid=self.app.process.pid,
+            )
+            self.redirects += result.statuses.get(REDIRECT, 0)
+            self.in_flight += connections
+            if not result.exhausted:
+                expect_only(result, REDIRECT, f"POST /resume, {connections} connections")
+                self.rate = max(self.rate, result.per_second)
+                return result
+            self.rate *= 2
+        raise LoadError(f"POST /resume: out of codes {ATTEMPTS} times at {self.rate:,.0f}/s")
 
 
 @dataclass(frozen=True)
-class Load:
-    """Seconds of each timed request, from every client thread, and the run's wall time."""
+class Level:
+    """One load level: redemptions, then /healthz, with the same connection count."""
 
-    redeem: list[float]
-    healthz: list[float]
-    wall: float
-
-
-def _under_load(port: int, codes: list[Parked], clients: int = CLIENT_THREADS) -> Load:
-    """Each of ``clients`` threads redeems its share of ``codes``, each followed by a GET
-    /healthz, all threads at once."""
-    shares = [codes[i::clients] for i in range(clients)]
-    redeem: list[list[float]] = [[] for _ in shares]
-    healthz: list[list[float]] = [[] for _ in shares]
-    errors: list[BaseException] = []
-    start = threading.Barrier(clients + 1)
-
-    def client(number: int) -> None:
-        redeemer = Redeemer(port)
-        start.wait()
-        try:
-            for parked in shares[number]:
-                redeem[number].append(redeemer.redeem(parked))
-                healthz[number].append(redeemer.healthz())
-        except BaseException as error:  # reported by the caller, with the others
-            errors.append(error)
-        finally:
-            redeemer.connection.close()
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    began = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - began
-    if errors:
-        raise RuntimeError(f"{len(errors)} client threads failed; the first: {errors[0]!r}")
-    return Load(
-        [s for share in redeem for s in share], [s for share in healthz for s in share], wall
-    )
+    connections: int
+    redeem: WrkResult
+    healthz: WrkResult
 
 
 @dataclass(frozen=True)
 class Redemption:
-    load: Load
-    alone: Load
-    """One client at a time: the same requests without load."""
+    levels: list[Level]
+    warm_up_rate: float
+    """Redemptions per second in the warm-up, at HEADLINE_CONNECTIONS."""
     redeemed: int
-    """Redemptions the server counted (resume_codes_redeemed) during the timed run."""
+    """Redemptions the server counted (resume_codes_redeemed), warm-up included."""
+    redirects: int
+    """302 answers wrk counted, warm-up included."""
     failures: int
     """Failed entries it counted (any reason, rate_limited included): 0 expected."""
+    parked: int
     parking_seconds: float
+
+    def level(self, connections: int) -> Level:
+        return next(level for level in self.levels if level.connections == connections)
 
 
 def redemption_latency(redis_url: str, instance: Path) -> Redemption:
-    """Park P5_WARM_UP + P5_CODES + P5_ALONE conversations, start the server, redeem them
-    all: the warm-up, the timed run under load, then one client alone."""
-    started = time.perf_counter()
-    codes = park_conversations(redis_url, P5_WARM_UP + P5_CODES + P5_ALONE)
-    parking = time.perf_counter() - started
+    """Serve the app, warm it up, then at each of LEVELS: redeem for SECONDS, then GET
+    /healthz for SECONDS."""
     r = connect(redis_url)
-    with served_app(redis_url, instance) as port:
-        _under_load(port, codes[:P5_WARM_UP])
+    with served_app(redis_url, instance) as app:
+        redeeming = Redeeming(redis_url, app, instance)
         before = metrics.read_counters(r)
-        load = _under_load(port, codes[P5_WARM_UP : P5_WARM_UP + P5_CODES])
+        warm_up = redeeming.run(HEADLINE_CONNECTIONS, WARM_UP_SECONDS)
+        levels = []
+        for connections in LEVELS:
+            redeem = redeeming.run(connections, SECONDS)
+            healthz = run_wrk(
+                f"{app.url}/healthz", connections, SECONDS, server_pid=app.process.pid
+            )
+            expect_only(healthz, 200, f"GET /healthz, {connections} connections")
+            levels.append(Level(connections, redeem, healthz))
         after = metrics.read_counters(r)
-        alone = _under_load(port, codes[P5_WARM_UP + P5_CODES :], clients=1)
     r.close()
 
     def delta(field: str) -> int:
         return after.get(field, 0) - before.get(field, 0)
 
+    redirects, in_flight = redeeming.redirects, redeeming.in_flight
     failed = sum(delta(f) for f in after if f.startswith("resume_failures:"))
-    if delta("resume_codes_redeemed") != P5_CODES or failed:
+    if not 0 <= delta("resume_codes_redeemed") - redirects <= in_flight or failed:
         raise RuntimeError(
             f"the server counted {delta('resume_codes_redeemed')} redemptions and {failed} "
-            f"failures for {P5_CODES} correct codes"
+            f"failures for {redirects} redirects answered (and at most {in_flight} in flight)"
         )
-    return Redemption(load, alone, delta("resume_codes_redeemed"), failed, parking)
-
-
-def percentile(values: list[float], p: float) -> float:
-    """The nearest-rank ``p``-th percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def p5_row(result: Redemption) -> Row:
-    """P5: the redemption's p99 against a trivial endpoint's, under the same load."""
-    app = percentile(result.load.redeem, 99)
-    base = percentile(result.load.healthz, 99)
-    return Row(
-        "P5",
-        f"resume code redemption under load (POST /resume, {CLIENT_THREADS} clients), p99",
-        duration(app),
-        duration(base),
-        ratio(app / base),
-        "p99 ≤ 10 ms",
-        app <= GOAL_SECONDS,
+    return Redemption(
+        levels=levels,
+        warm_up_rate=warm_up.per_second,
+        redeemed=delta("resume_codes_redeemed"),
+        redirects=redirects,
+        failures=failed,
+        parked=redeeming.parked,
+        parking_seconds=redeeming.parking_seconds,
     )
 
 
-def p5_notes(result: Redemption) -> list[str]:
-    """Percentiles of both sides, the load, and what a redemption does."""
-    load = result.load
-
-    def spread(values: list[float]) -> str:
-        return ", ".join(f"p{p} {duration(percentile(values, p))}" for p in (50, 90, 99))
-
-    requests = len(load.redeem) + len(load.healthz) + len(load.redeem)  # GET /resume too
+def p5_rows(result: Redemption) -> list[Row]:
+    """P5 at HEADLINE_CONNECTIONS, and /healthz at the same load."""
+    level = result.level(HEADLINE_CONNECTIONS)
+    app, base = level.redeem.p99, level.healthz.p99
     return [
-        f"P5: `resume-chat serve --workers {WORKERS} --threads {THREADS}` (offline model) "
-        "on the bench's "
-        f"server; {CLIENT_THREADS} client threads at once, each on a kept-alive connection, "
-        f"redeemed {P5_CODES} codes (after {P5_WARM_UP} warm-up, not kept), every code by a "
-        "new browser: GET /resume for its cookie and CSRF token (not timed), POST the code "
-        "typed in lower case with spaces (timed, to the whole 302 answer), then GET /healthz "
-        "(timed, the baseline, under the same load).",
-        f"P5 redemption {spread(load.redeem)}; /healthz {spread(load.healthz)}; "
-        f"{requests:,} requests in {load.wall:.1f} s ({requests / load.wall:,.0f}/s), "
-        f"{result.redeemed} redemptions counted by the server, {result.failures} failures. "
-        f"The clients share the machine's {os.cpu_count()} CPUs with the server and Redis.",
-        f"P5 diagnostic, one client alone ({P5_ALONE} codes): redemption "
-        f"{spread(result.alone.redeem)}; /healthz {spread(result.alone.healthz)}.",
+        Row(
+            "P5",
+            f"resume code redemption, POST /resume, wrk {HEADLINE_CONNECTIONS} connections, p99",
+            duration(app),
+            duration(base),
+            ratio(app / base),
+            "p99 ≤ 10 ms",
+            app <= GOAL_SECONDS,
+        ),
+        Row(
+            "P5 baseline",
+            f"GET /healthz (no Redis), wrk {HEADLINE_CONNECTIONS} connections, p99",
+            duration(base),
+        ),
+    ]
+
+
+def p5_notes(result: Redemption) -> list[str]:
+    """Each level's figures, the load, and what a redemption does."""
+
+    def figures(run: WrkResult) -> str:
+        return (
+            f"{run.per_second:,.0f}/s, p50 {duration(run.p50)}, p90 {duration(run.p90)}, "
+            f"p99 {duration(run.p99)}, workers' CPU {duration(run.cpu_per_request)}/request"
+        )
+
+    redeem_cpu = statistics.median(level.redeem.cpu_per_request for level in result.levels)
+    levels = "; ".join(
+        f"{level.connections} conn: redeem {figures(level.redeem)} | /healthz "
+        f"{figures(level.healthz)}"
+        for level in result.levels
+    )
+    return [
+        f"P5: `resume-chat serve --workers {WORKERS} --threads {THREADS}` (offline model); "
+        f"wrk (wrk_report.lua) POSTs one fresh code per request with one browser's cookie and "
+        f"CSRF token (from GET /resume), typed in lower case with spaces; {SECONDS} s per run, "
+        f"redemption then /healthz at each connection count, after a {WARM_UP_SECONDS} s "
+        f"warm-up ({result.warm_up_rate:,.0f} redemptions/s); latencies are wrk's "
+        "(--latency), to the whole answer.",
+        f"P5 by load level: {levels}.",
+        f"P5 bound: a redemption costs the app's workers {duration(redeem_cpu)} of CPU "
+        f"(median over levels), so {os.cpu_count()} CPUs shared with Redis and wrk serve at "
+        f"most {os.cpu_count() / redeem_cpu:,.0f}/s, and c connections each waiting for the "
+        f"others wait about c × {duration(redeem_cpu / os.cpu_count())} on average, before "
+        "Redis, wrk and the rest of the machine take their share.",
+        f"P5 checks: every answer a 302 ({result.redirects:,}); the server counted "
+        f"{result.redeemed:,} redemptions (the 302s and those still in flight when a run "
+        f"ended) and {result.failures} failures; "
+        f"{result.parked:,} conversations parked through resume_codes.park beforehand "
+        f"({result.parking_seconds:.1f} s, not timed).",
         "P5 a redemption: HMAC of the code, HGET of its owner, REDEEM_CODE_ONCE, "
         "RESUME_PARKED_SESSION, the conversation moved to the redeeming guest (CHANGE_OWNER "
-        "and its index), a counter, the rate-limit test, a signed-cookie guest id; "
-        f"{P5_WARM_UP + P5_CODES + P5_ALONE} conversations parked through resume_codes.park in "
-        f"{result.parking_seconds:.1f} s beforehand.",
+        "and its index), a counter, the failed-entry limit's test, a new guest id in the "
+        "signed session cookie.",
     ]

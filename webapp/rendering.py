@@ -1,5 +1,6 @@
 """Markdown for replies: rendered with raw HTML off, then sanitised."""
 
+import functools
 from datetime import UTC, datetime
 
 import nh3
@@ -17,6 +18,9 @@ ALLOWED_TAGS = {
 ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "ol": {"start"}, "th": {"align"}, "td": {"align"}}
 
 
+# Messages never change once stored, and every page view renders its 50 again: a worker
+# keeps the HTML (and times) of the ones it rendered last, a few MB at most.
+@functools.lru_cache(maxsize=4096)
 def markdown_to_html(text: str) -> Markup:
     """Safe HTML for model text: no raw HTML, images, scripts or event handlers."""
     html = _markdown.render(text)
@@ -31,6 +35,7 @@ def markdown_to_html(text: str) -> Markup:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def format_time(timestamp: float) -> str:
     """A UTC timestamp as a short, unambiguous date and time."""
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -67,7 +67,12 @@ def _message_from_form() -> Message:
 def _owned_conversation(conversation_id: str) -> Conversation:
     """The conversation if it exists and belongs to this visitor; 404 otherwise. A visitor
     who is not logged in is first asked to log in if an account owns it."""
-    conversation = conversations.get_conversation(get_redis(), conversation_id)
+    return _checked_owner(conversations.get_conversation(get_redis(), conversation_id))
+
+
+def _checked_owner(conversation: Conversation | None) -> Conversation:
+    """``conversation``, read already, if it exists and belongs to this visitor (see
+    _owned_conversation)."""
     if conversation is None:
         abort(404)
     if conversation.owner.startswith("user:") and not current_user.is_authenticated:
@@ -129,12 +134,13 @@ def start():
 
 @bp.get("/c/<conversation_id>")
 def conversation(conversation_id: str):
-    if conversations.get_conversation(get_redis(), conversation_id) is None:
+    conversation = conversations.get_conversation(get_redis(), conversation_id)
+    if conversation is None:
         # Gone (retention over, cleared, or Redis lost it): the page offers to catch up from
         # the copy this browser may have kept.
         metrics.count_resume_failure(get_redis(), "gone")
         return render_template("chat/gone.html", conversation_id=conversation_id), 404
-    return _render_conversation(_owned_conversation(conversation_id))
+    return _render_conversation(_checked_owner(conversation))
 
 
 @bp.post("/restore")
