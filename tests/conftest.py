@@ -7,6 +7,7 @@ import time
 import fakeredis
 import pytest
 
+from tests.cluster_server import LocalCluster
 from tests.fake_anthropic import FakeAnthropic
 from webapp import create_app, runs
 from webapp.conversations import Lifetimes
@@ -32,12 +33,30 @@ def real_redis(redis_server):
     client.flushdb()
 
 
-@pytest.fixture(params=["fakeredis", "real"])
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A local Redis Cluster of three masters, started once, when a test first asks for it."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_redis(redis_cluster):
+    """A cluster client of the session's cluster, every master emptied after each test."""
+    client = connect(redis_cluster.url, cluster=True)
+    yield client
+    client.close()
+    redis_cluster.flush()
+
+
+@pytest.fixture(params=["fakeredis", "real", "cluster"])
 def redis(request):
-    """Storage tests run twice: on fakeredis (with Lua) and on the real server."""
+    """Storage tests run three times: on fakeredis (with Lua), on the real server, and on a
+    three-master cluster through the cluster client (which proves the hash-tag layout)."""
     if request.param == "fakeredis":
         return fakeredis.FakeRedis(decode_responses=True)
-    return request.getfixturevalue("real_redis")
+    return request.getfixturevalue(f"{request.param}_redis")
 
 
 @pytest.fixture

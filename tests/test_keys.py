@@ -32,3 +32,8 @@ def test_admin_and_metrics_keys():
     assert keys.METRICS_COUNTERS == "rc:metrics:counters"
     assert keys.resume_failures_in_hour(493_000) == "rc:metrics:resume-failures:493000"
     assert keys.RESUME_CODES_PATTERN == "rc:code:*"
+
+
+def test_run_index_member_and_resume_code_key():
+    assert keys.running_run_member("abc", "r1") == "abc r1"
+    assert keys.resume_code("f00d") == "rc:code:{f00d}"

@@ -18,6 +18,7 @@ import redis
 from webapp import accounts, metrics
 from webapp.lifecycle import ACTIVE, EXPIRED, PARKED
 from webapp.storage import keys
+from webapp.storage.scan import scan_page, scan_tagged
 from webapp.storage.scripts import DELETE_CONVERSATION, execute_pipeline
 
 STATES = (ACTIVE, PARKED, EXPIRED)
@@ -253,8 +254,8 @@ def list_conversations(
         share = max(len(kept) / examined, 0.001) if examined else 1
         count = min(round((page_size - len(kept)) / share), 2 * count or page_size)
         count = max(1, min(count, SCAN_GROWTH_LIMIT * page_size))
-        cursor, found = r.scan(
-            cursor, match=keys.CONVERSATION_META_PATTERN, count=count, _type="hash"
+        cursor, found = scan_page(
+            r, cursor, match=keys.CONVERSATION_META_PATTERN, count=count, _type="hash"
         )
         scans, examined = scans + 1, examined + count
         ids = [cid for key in dict.fromkeys(found) if (cid := keys.conversation_id_of(key))]
@@ -277,8 +278,8 @@ def _walk_conversations(r: redis.Redis) -> Iterator[tuple[str, str, str]]:
     in one pipeline."""
     cursor = 0
     while True:
-        cursor, found = r.scan(
-            cursor, match=keys.CONVERSATION_META_PATTERN, count=SCAN_BATCH, _type="hash"
+        cursor, found = scan_page(
+            r, cursor, match=keys.CONVERSATION_META_PATTERN, count=SCAN_BATCH, _type="hash"
         )
         ids = [keys.conversation_id_of(key) for key in found]
         pipe = r.pipeline(transaction=False)
@@ -329,14 +330,17 @@ class Cleared:
 
 def _keys_by_conversation(r: redis.Redis, ids: set[str]) -> dict[str, set[str]]:
     """Every key of each conversation in ``ids``, run events included: one SCAN pass over
-    the conversation keys (of one conversation only, when there is one)."""
-    pattern = (
-        keys.conversation_keys_pattern(next(iter(ids)))
-        if len(ids) == 1
-        else keys.CONVERSATION_KEYS_PATTERN
-    )
+    the conversation keys (of one conversation only, on its master only, when there is
+    one)."""
+    if len(ids) == 1:
+        (only,) = ids
+        walk = scan_tagged(
+            r, keys.conversation_keys_pattern(only), keys.conversation_meta(only), SCAN_BATCH
+        )
+    else:
+        walk = r.scan_iter(match=keys.CONVERSATION_KEYS_PATTERN, count=SCAN_BATCH)
     found: dict[str, set[str]] = {conversation_id: set() for conversation_id in ids}
-    for key in r.scan_iter(match=pattern, count=SCAN_BATCH):
+    for key in walk:
         conversation_id = keys.conversation_id_of(key)
         if conversation_id in found:
             found[conversation_id].add(key)
@@ -349,8 +353,8 @@ def _codes_by_conversation(r: redis.Redis, ids: set[str]) -> dict[str, list[str]
     found: dict[str, list[str]] = {}
     cursor = 0
     while True:
-        cursor, code_keys = r.scan(
-            cursor, match=keys.RESUME_CODES_PATTERN, count=SCAN_BATCH, _type="hash"
+        cursor, code_keys = scan_page(
+            r, cursor, match=keys.RESUME_CODES_PATTERN, count=SCAN_BATCH, _type="hash"
         )
         pipe = r.pipeline(transaction=False)
         for key in code_keys:

@@ -77,6 +77,8 @@ DEFAULTS = {
     "ADMIN_OVERVIEW_CACHE_SECONDS": 30,
     # /metrics also answers a scraper sending "Authorization: Bearer <this>"; unset: admins only.
     "METRICS_TOKEN": None,
+    # REDIS_URL names one node of a Redis Cluster, whose client finds the other masters.
+    "REDIS_CLUSTER": False,
     # Vendor settings, read without the FLASK_ prefix.
     "REDIS_URL": None,
     "ANTHROPIC_API_KEY": None,

@@ -218,7 +218,9 @@ def read_page(
 
 
 def list_conversations(r: redis.Redis, owner: str, limit: int = 100) -> list[Conversation]:
-    """The owner's conversations, most recently active first; entries that are gone are skipped."""
+    """The owner's conversations, most recently active first; entries of conversations that
+    are gone, or that are no longer the owner's (an index update lost on a cluster), are
+    skipped."""
     ids = r.zrevrange(keys.owner_conversations(owner), 0, limit - 1)
     pipe = r.pipeline(transaction=False)
     for conversation_id in ids:
@@ -226,7 +228,7 @@ def list_conversations(r: redis.Redis, owner: str, limit: int = 100) -> list[Con
     return [
         _conversation(conversation_id, meta)
         for conversation_id, meta in zip(ids, pipe.execute(), strict=True)
-        if meta
+        if meta.get("owner") == owner
     ]
 
 
@@ -234,16 +236,22 @@ def give_conversation(
     r: redis.Redis, conversation_id: str, from_owner: str, to_owner: str, lifetimes: Lifetimes
 ) -> None:
     """Give one live conversation to another owner (a guest's resume code redeemed in
-    another browser), in one round trip."""
+    another browser). The owner indexes follow in a second round trip, only if it changed
+    hands: an index never lists a conversation its owner does not own (the indexes are
+    under other hash tags, so on a cluster the two steps could not be one anyway)."""
     target = keys.owner_conversations(to_owner)
 
-    def queue(pipe):
+    def change_owner(pipe):
         CHANGE_OWNER.queue(pipe, [keys.conversation_meta(conversation_id)], [from_owner, to_owner])
-        pipe.zrem(keys.owner_conversations(from_owner), conversation_id)
-        pipe.zadd(target, {conversation_id: time.time()})
-        pipe.expire(target, lifetimes.transcript_retention)
 
-    execute_pipeline(r, queue)
+    (changed,) = execute_pipeline(r, change_owner)
+    if not changed:
+        return
+    pipe = r.pipeline(transaction=False)
+    pipe.zrem(keys.owner_conversations(from_owner), conversation_id)
+    pipe.zadd(target, {conversation_id: time.time()})
+    pipe.expire(target, lifetimes.transcript_retention)
+    pipe.execute()
 
 
 def move_conversations(r: redis.Redis, from_owner: str, to_owner: str) -> int:

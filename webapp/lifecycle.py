@@ -287,7 +287,11 @@ def restore_from_copy(
 
 def sweep_expired_sessions(r: redis.Redis, batch: int = 500) -> int:
     """Find conversations whose session has expired since the last sweep (SCAN, never KEYS)
-    and mark them, so each expiry is counted once. Returns how many were found."""
+    and mark them, so each expiry is counted once. Returns how many were found.
+
+    Every running run seen is also listed again in the index of running runs, where its
+    start put it in a second step that a cluster can lose; so the reaper finds it if its
+    writer is gone."""
     found = 0
     for names in _batches(r.scan_iter(match=keys.CONVERSATION_META_PATTERN, count=batch), batch):
         ids = [keys.conversation_id_of(name) for name in names]
@@ -295,21 +299,27 @@ def sweep_expired_sessions(r: redis.Redis, batch: int = 500) -> int:
         for conversation_id in ids:
             pipe.exists(keys.conversation_session(conversation_id))
             pipe.hexists(keys.conversation_meta(conversation_id), "session_ended")
+            pipe.hmget(keys.conversation_run(conversation_id), "id", "status", "heartbeat_at")
         answers = pipe.execute()
-        newly_ended = [
-            conversation_id
-            for conversation_id, alive, marked in zip(ids, answers[::2], answers[1::2], strict=True)
-            if not alive and not marked
-        ]
+        newly_ended, running = [], {}
+        for conversation_id, alive, marked, (run_id, status, heartbeat_at) in zip(
+            ids, answers[::3], answers[1::3], answers[2::3], strict=True
+        ):
+            if not alive and not marked:
+                newly_ended.append(conversation_id)
+            if status == "running":
+                running[keys.running_run_member(conversation_id, run_id)] = float(heartbeat_at)
 
-        def queue(pipe, newly_ended=newly_ended):
+        def queue(pipe, newly_ended=newly_ended, running=running):
             for conversation_id in newly_ended:
                 UPDATE_IF_EXISTS.queue(
                     pipe, [keys.conversation_meta(conversation_id)], ["session_ended", 1]
                 )
+            if running:
+                pipe.zadd(keys.RUNS_RUNNING, running, nx=True)
 
-        if newly_ended:
-            found += sum(execute_pipeline(r, queue))
+        if newly_ended or running:
+            found += sum(execute_pipeline(r, queue)[: len(newly_ended)])
     return found
 
 

@@ -83,7 +83,7 @@ class Run:
     @property
     def index_member(self) -> str:
         """This run's member in the index of running runs."""
-        return f"{self.conversation_id} {self.id}"
+        return keys.running_run_member(self.conversation_id, self.id)
 
 
 def _run_keys(conversation_id: str, run_id: str) -> list[str]:
@@ -150,7 +150,7 @@ def start_run(
                 settings.max_events,
             ],
         )
-        pipe.zadd(keys.RUNS_RUNNING, {f"{conversation_id} {run_id}": now})
+        pipe.zadd(keys.RUNS_RUNNING, {keys.running_run_member(conversation_id, run_id): now})
 
     refusal = None
     try:
@@ -158,7 +158,7 @@ def start_run(
     except redis.exceptions.ResponseError as error:
         started, refusal = 0, error
     if not started:
-        r.zrem(keys.RUNS_RUNNING, f"{conversation_id} {run_id}")
+        r.zrem(keys.RUNS_RUNNING, keys.running_run_member(conversation_id, run_id))
     if refusal is None:
         if not started:
             return None

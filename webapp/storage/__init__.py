@@ -1,8 +1,11 @@
-"""The app's one Redis client, built from REDIS_URL with retries and timeouts."""
+"""The app's one Redis client, built from REDIS_URL with retries and timeouts: a plain
+client, or with REDIS_CLUSTER a Redis Cluster client that finds every master from the one
+node REDIS_URL names."""
 
 import redis
 from flask import Flask, current_app
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 # A request fails over to the 503 page within about 1.2 s when Redis is unreachable or
@@ -17,23 +20,32 @@ WATCH_BLOCK_MS = 5000
 """How long one blocking read of a run's events waits for news (the keep-alive period)."""
 
 
-def connect(url: str, socket_timeout: float = SOCKET_TIMEOUT_SECONDS) -> redis.Redis:
-    """Build a client for ``url`` that retries briefly and never hangs."""
+def connect(
+    url: str, socket_timeout: float = SOCKET_TIMEOUT_SECONDS, *, cluster: bool = False
+) -> redis.Redis | RedisCluster:
+    """Build a client for ``url`` (with ``cluster``, for the cluster that node belongs to)
+    that retries briefly and never hangs."""
+    retry = Retry(ExponentialBackoff(cap=BACKOFF_CAP_SECONDS, base=0.05), RETRIES)
+    timeouts = {"socket_connect_timeout": SOCKET_TIMEOUT_SECONDS, "socket_timeout": socket_timeout}
+    if cluster:
+        # The cluster client retries at its own level (refreshing its map of the slots
+        # between attempts), so its node connections are given no retries of their own.
+        return RedisCluster.from_url(url, decode_responses=True, retry=retry, **timeouts)
     return redis.Redis.from_url(
         url,
         decode_responses=True,
-        socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
-        socket_timeout=socket_timeout,
-        retry=Retry(ExponentialBackoff(cap=BACKOFF_CAP_SECONDS, base=0.05), RETRIES),
+        retry=retry,
         retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+        **timeouts,
     )
 
 
 def init_app(app: Flask) -> None:
     """Attach the clients for the app's REDIS_URL: one for requests, one for blocking reads."""
-    app.extensions["redis"] = connect(app.config["REDIS_URL"])
+    url, cluster = app.config["REDIS_URL"], bool(app.config["REDIS_CLUSTER"])
+    app.extensions["redis"] = connect(url, cluster=cluster)
     app.extensions["redis_blocking"] = connect(
-        app.config["REDIS_URL"], socket_timeout=WATCH_BLOCK_MS / 1000 + SOCKET_TIMEOUT_SECONDS
+        url, socket_timeout=WATCH_BLOCK_MS / 1000 + SOCKET_TIMEOUT_SECONDS, cluster=cluster
     )
 
 

@@ -2,7 +2,10 @@
 
 Keys of one conversation share the hash tag ``{<conversation id>}`` so that the
 multi-key scripts and transactions over them also run on Redis Cluster.
-Keys of one owner share the tag ``{<owner>}`` for the same reason.
+Keys of one owner share the tag ``{<owner>}``, of one user ``{<user id>}``, and a
+resume code has the tag ``{<code hash>}``: each lives on one master, and what
+spans two tags is never one script (see ``scripts`` for what that leaves
+non-atomic on a cluster).
 """
 
 PREFIX = "rc"
@@ -59,6 +62,11 @@ def run_events(conversation_id: str, run_id: str) -> str:
 RUNS_RUNNING = f"{PREFIX}:runs:running"
 """Sorted set: "<conversation id> <run id>" of every running run, scored by its last
 heartbeat, for the reaper. No TTL: members leave when their run ends."""
+
+
+def running_run_member(conversation_id: str, run_id: str) -> str:
+    """A run's member in RUNS_RUNNING."""
+    return f"{conversation_id} {run_id}"
 
 
 def resume_code(code_hash: str) -> str:

@@ -2,10 +2,40 @@
 
 Scripts run through EVALSHA directly (not redis-py's ``Script`` helper, which
 adds a SCRIPT EXISTS round trip to every pipeline); a NOSCRIPT answer, as after
-a server restart, loads every script and runs the pipeline once more.
+a server restart, loads every script (on every master of a cluster) and sends
+the commands so answered once more.
 
-Every script touches the keys of one conversation only (one hash tag), so each
-also runs on Redis Cluster.
+On Redis Cluster. Every script's keys share one hash tag (one conversation's, one
+code's, or one hash), so every script runs on a cluster and stays atomic there:
+all that one script does to one conversation happens at once or not at all. What
+a pipeline does beyond one hash tag is not atomic on a cluster: the client sends
+each master its share, and one master can fail while another succeeds. Those
+second steps, and what happens when one is lost:
+
+- Creating a conversation lists it in its owner's index ({owner}): if that is
+  lost, the owner's list misses it (its link, the console and its retention
+  still work).
+- Appending a message (or starting a run) slides the owner index's score and TTL
+  after the script: if lost, the list's order lags until the next message.
+- Starting a run adds it to the index of running runs: if lost, the sweep lists
+  it again from the run's own hash, so the reaper still interrupts it if its
+  writer is gone. Ending a run removes it; the reaper drops members whose run
+  has ended or gone.
+- Giving a conversation to another owner moves its index entries only after
+  CHANGE_OWNER said it changed hands; moving a guest's conversations on login
+  changes each owner in its own script, then the indexes. If an index step is
+  lost, an old owner's entry is skipped by the list (it checks the owner) and
+  removed by the sweep once the conversation is gone; a new owner's missing
+  entry leaves the conversation unlisted.
+- A resume code's hash ({code hash}) and the session it parks are two scripts in
+  two round trips on one server too: redeeming consumes the code, then resumes
+  the session only if it is parked under that code; issuing writes the code,
+  then parks, then retires the old code. A code left without its session is
+  refused (used or expired) and expires with its TTL.
+- Clearing (the console) deletes each conversation in one script, then its
+  codes, its index entries and its running-run entries: what is left over is
+  swept, reaped, or expires.
+- Counters (one hash) and their hourly buckets are separate increments.
 """
 
 import hashlib
@@ -35,8 +65,11 @@ class AtomicScript:
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
     def queue(self, pipe: redis.client.Pipeline, keys: Sequence[str], args: Sequence) -> None:
-        """Queue one call of this script on a pipeline."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        """Queue one call of this script on a pipeline (a cluster pipeline routes it to the
+        master of its keys' slot)."""
+        # The same command pipe.evalsha would send; the cluster pipeline blocks that method
+        # by name, though it routes EVALSHA by its keys.
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 # Shared by the scripts below. The conversation's keys are always KEYS[1..4]:
@@ -395,18 +428,52 @@ ALL_SCRIPTS = (
 )
 
 
+def load_scripts(client: redis.Redis) -> None:
+    """Load every script (on a cluster client, on every master)."""
+    for script in ALL_SCRIPTS:
+        client.script_load(script.source)
+
+
+def _recording(pipe: redis.client.Pipeline) -> list[tuple[tuple, dict]]:
+    """The commands queued on ``pipe`` from now on, as (args, options), to send again."""
+    queued: list[tuple[tuple, dict]] = []
+    queue_command = pipe.execute_command
+
+    def record(*args, **options):
+        queued.append((args, options))
+        return queue_command(*args, **options)
+
+    pipe.execute_command = record
+    return queued
+
+
 def execute_pipeline(
     client: redis.Redis, queue: Callable[[redis.client.Pipeline], None], *, transaction=False
 ) -> list:
-    """Queue commands with ``queue`` and send them in one round trip, loading scripts if needed."""
-    for attempt in range(2):
-        pipe = client.pipeline(transaction=transaction)
-        queue(pipe)
-        try:
-            return pipe.execute()
-        except redis.exceptions.NoScriptError:
-            if attempt:
-                raise
-            for script in ALL_SCRIPTS:
-                client.script_load(script.source)
-    raise AssertionError("unreachable")
+    """Queue commands with ``queue`` and send them in one round trip; raises the first error.
+
+    Commands answered NOSCRIPT are sent again, alone, once every script is loaded. Only
+    those: on a cluster one master may have lost its scripts (restarted, or a replica
+    promoted) while the others ran theirs, and running those twice would apply them twice.
+    """
+    pipe = client.pipeline(transaction=transaction)
+    queued = _recording(pipe)
+    queue(pipe)
+    answers = pipe.execute(raise_on_error=False)
+    missing = [
+        number
+        for number, answer in enumerate(answers)
+        if isinstance(answer, redis.exceptions.NoScriptError)
+    ]
+    if missing:
+        load_scripts(client)
+        again = client.pipeline(transaction=transaction)
+        for number in missing:
+            args, options = queued[number]
+            again.execute_command(*args, **options)
+        for number, answer in zip(missing, again.execute(raise_on_error=False), strict=True):
+            answers[number] = answer
+    for answer in answers:
+        if isinstance(answer, Exception):
+            raise answer
+    return answers
