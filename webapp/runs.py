@@ -179,6 +179,8 @@ def add_chunk(r: redis.Redis, run: Run, text: str, settings: RunSettings) -> boo
     Returns False once the run is no longer running (stopped, interrupted): stop writing.
     """
 
+    chunk_id = new_id()
+
     def queue(pipe):
         ADD_RUN_CHUNK.queue(
             pipe,
@@ -186,7 +188,7 @@ def add_chunk(r: redis.Redis, run: Run, text: str, settings: RunSettings) -> boo
                 keys.conversation_run(run.conversation_id),
                 keys.run_events(run.conversation_id, run.id),
             ],
-            [run.id, text, settings.max_events],
+            [run.id, text, settings.max_events, chunk_id],
         )
         pipe.zadd(keys.RUNS_RUNNING, {run.index_member: time.time()}, xx=True)
 

@@ -159,6 +159,9 @@ local now, precise_now = now_seconds()
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('CONVERSATION_GONE')
 end
+if redis.call('HGET', KEYS[5], 'id') == ARGV[1] then
+  return 1  -- this very call, sent again after its answer was lost: it has started
+end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return redis.error_reply('SESSION_EXPIRED')
 end
@@ -187,14 +190,17 @@ ADD_RUN_CHUNK = AtomicScript(
 -- Appends a chunk of the reply to the run's events and beats its heartbeat, only while
 -- that run is still the conversation's running run.
 -- KEYS[1] the conversation's run hash, KEYS[2] the run's events stream
--- ARGV[1] run id, ARGV[2] text ("" for a heartbeat only), ARGV[3] events length cap
+-- ARGV[1] run id, ARGV[2] text ("" for a heartbeat only), ARGV[3] events length cap,
+-- ARGV[4] this chunk's id: a chunk sent again after its answer was lost is written once
+-- (the writer waits for each chunk before the next, so the last id is enough)
 -- Returns 1 if the run is still running, else 0 (it was stopped or interrupted).
 if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1]
    or redis.call('HGET', KEYS[1], 'status') ~= 'running' then
   return 0
 end
 local t = redis.call('TIME')
-if ARGV[2] ~= '' then
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'last_chunk') ~= ARGV[4] then
+  redis.call('HSET', KEYS[1], 'last_chunk', ARGV[4])
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', 't', ARGV[2])
   if redis.call('TTL', KEYS[2]) == -1 then
     -- The first chunk made the stream: it lives as long as its run hash.

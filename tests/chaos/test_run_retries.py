@@ -1,0 +1,62 @@
+"""R5 for replies: starting a run and writing its chunks, retried after a dropped connection,
+happen once."""
+
+import time
+
+from tests.chaos.flaky_proxy import FlakyProxy
+from webapp import runs
+from webapp.conversations import Message, create_conversation, new_id, save_draft
+from webapp.storage import connect, keys
+from webapp.storage.scripts import ALL_SCRIPTS
+
+SETTINGS = runs.RunSettings(
+    max_events=100,
+    events_ttl_after_end=60,
+    heartbeat_seconds=2,
+    stale_seconds=15,
+    context_budget_tokens=1000,
+)
+
+
+def user_message(text: str) -> Message:
+    return Message(id=new_id(), role="user", content=text, created_at=time.time())
+
+
+def conversation(r, lifetimes) -> str:
+    """A conversation on a server that knows every script (so the proxy sees only EVALSHA)."""
+    for script in ALL_SCRIPTS:
+        r.script_load(script.source)
+    return create_conversation(r, "guest:runs", lifetimes)
+
+
+def test_a_run_whose_start_answer_was_lost_is_started_once(real_redis, redis_server, lifetimes):
+    conversation_id = conversation(real_redis, lifetimes)
+    with (
+        FlakyProxy(redis_server.port, b"EVALSHA", drop_every=2) as proxy,
+        connect(proxy.url) as client,
+    ):
+        save_draft(client, conversation_id, "hi")  # the first EVALSHA goes through
+        run = runs.start_run(
+            client, conversation_id, lifetimes, SETTINGS, user_message=user_message("hi")
+        )
+    assert len(proxy.cut) == 1  # START_RUN ran, its answer was lost, and it was sent again
+    assert run is not None and run.running
+    assert runs.latest_run(real_redis, conversation_id).id == run.id
+    assert real_redis.zscore(keys.RUNS_RUNNING, run.index_member) is not None
+    assert real_redis.llen(keys.conversation_messages(conversation_id)) == 1
+
+
+def test_a_chunk_whose_answer_was_lost_is_written_once(real_redis, redis_server, lifetimes):
+    conversation_id = conversation(real_redis, lifetimes)
+    run = runs.start_run(
+        real_redis, conversation_id, lifetimes, SETTINGS, user_message=user_message("hi")
+    )
+    words = ["Hello", " there", " world", "!"]
+    with (
+        FlakyProxy(redis_server.port, b"EVALSHA", drop_every=2) as proxy,
+        connect(proxy.url) as client,
+    ):
+        for word in words:
+            assert runs.add_chunk(client, run, word, SETTINGS)
+    assert proxy.cut  # some chunks ran, their answers were lost, and they were sent again
+    assert runs.run_text(real_redis, run)[0] == "".join(words)
