@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 
 import redis
 from flask import Flask, abort, render_template, session
-from gunicorn.app.base import BaseApplication
 
+from webapp.cli import GunicornServer
 from webapp.storage import keys
 
 PAGE_SIZE = 50
@@ -55,37 +55,18 @@ def _when_worker_ready(worker) -> None:
     worker.log.info("Worker ready (pid: %s)", worker.pid)
 
 
-class _Server(BaseApplication):
-    """Gunicorn with the options of `resume-chat serve` (webapp/cli.py)."""
-
-    def __init__(self, options: dict) -> None:
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for name, value in self.options.items():
-            self.cfg.set(name, value)
-
-    def load(self):
-        return app
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     options = parser.parse_args()
-    _Server(
-        {
-            "bind": f"127.0.0.1:{options.port}",
-            "workers": options.workers,
-            "threads": options.threads,
-            "worker_class": "gthread",
-            "accesslog": "-",
-            "control_socket_disable": True,
-            "post_worker_init": _when_worker_ready,
-        }
+    GunicornServer(
+        lambda: app,
+        f"127.0.0.1:{options.port}",
+        options.workers,
+        options.threads,
+        _when_worker_ready,
     ).run()
 
 

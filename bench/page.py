@@ -29,6 +29,7 @@ from playwright.sync_api import sync_playwright
 from bench.load import WrkResult, expect_only, run_wrk
 from bench.workload import realistic_messages
 from tests.app_server import serving
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from webapp import conversations
 from webapp.conversations import Lifetimes
 from webapp.storage import connect
@@ -47,14 +48,6 @@ P2_ROUNDS = 3
 WARM_UP_SECONDS = 1
 START_TIMEOUT_SECONDS = 20
 STOP_TIMEOUT_SECONDS = 15
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 P7_GOAL_BYTES = 100 * 1024
 
 
@@ -224,7 +217,7 @@ def page_weight(app_url: str, path: str, cookie: str) -> Weight:
     name, value = cookie.split("=", 1)
     resources = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             context = browser.new_context()
             context.add_cookies([{"name": name, "value": value, "url": app_url}])

@@ -15,11 +15,22 @@ def main() -> None:
     """Resume Chat: chat with Claude where no conversation is ever silently lost."""
 
 
-class _Server(BaseApplication):
-    """Gunicorn with its settings from the command line, and an app made in each worker."""
+class GunicornServer(BaseApplication):
+    """Gunicorn as `resume-chat serve` runs it: threaded workers, each with its own app from
+    ``make_app``, and ``when_worker_ready`` called in each worker once it can serve."""
 
-    def __init__(self, options: dict) -> None:
-        self.options = options
+    def __init__(self, make_app, bind: str, workers: int, threads: int, when_worker_ready) -> None:
+        self.make_app = make_app
+        self.options = {
+            "bind": bind,
+            "workers": workers,
+            "threads": threads,
+            "worker_class": "gthread",
+            "accesslog": "-",
+            # Several instances may run on one machine; none needs the control socket.
+            "control_socket_disable": True,
+            "post_worker_init": when_worker_ready,
+        }
         super().__init__()
 
     def load_config(self) -> None:
@@ -27,7 +38,7 @@ class _Server(BaseApplication):
             self.cfg.set(name, value)
 
     def load(self):
-        return create_app()
+        return self.make_app()
 
 
 def _when_worker_ready(worker) -> None:
@@ -60,18 +71,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         os.environ["REDIS_URL"] = start_embedded_redis(str(INSTANCE_PATH))
         click.echo(f"Embedded Redis at {os.environ['REDIS_URL']}, data in {INSTANCE_PATH}/redis")
     click.echo(f"Resume Chat on http://{host}:{port}")
-    _Server(
-        {
-            "bind": f"{host}:{port}",
-            "workers": workers,
-            "threads": threads,
-            "worker_class": "gthread",
-            "accesslog": "-",
-            # Several instances may run on one machine; none needs the control socket.
-            "control_socket_disable": True,
-            "post_worker_init": _when_worker_ready,
-        }
-    ).run()
+    GunicornServer(create_app, f"{host}:{port}", workers, threads, _when_worker_ready).run()
 
 
 @main.command("create-admin")
