@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_anthropic import Hang
 from webapp import accounts, conversations
 from webapp.storage import keys
 
@@ -256,6 +257,46 @@ def test_model_calls_are_limited_per_person_and_the_text_is_kept(make_app, chat_
     assert "three, too many" in response.text
     other = chat_factory(chat.client.application)
     assert other.start("someone else may").status_code == 302
+
+
+def claude_with_three_calls_a_minute(make_app, fake_anthropic):
+    return make_app(
+        MODEL_CALLS_PER_MINUTE=3,
+        ANTHROPIC_API_KEY="test-key",
+        ANTHROPIC_BASE_URL=fake_anthropic.url,
+        ANTHROPIC_MAX_RETRIES=0,
+    )
+
+
+def test_sends_refused_while_a_reply_is_written_use_up_no_model_calls(
+    make_app, chat_factory, fake_anthropic
+):
+    chat = chat_factory(claude_with_three_calls_a_minute(make_app, fake_anthropic))
+    fake_anthropic.enqueue(Hang(after=1))
+    conversation_id = chat.conversation_id_of(chat.start("one, answered slowly"))
+    for n in range(5):
+        refused = chat.send(conversation_id, f"too soon {n}")
+        assert refused.status_code == 409, f"send {n}: {refused.status_code}"
+        assert "A reply is still being written." in refused.text
+    fake_anthropic.release()
+    chat.wait_for_reply(conversation_id)
+    for text in ("two", "three"):
+        assert chat.send(conversation_id, text).status_code == 302, text
+        chat.wait_for_reply(conversation_id)
+    assert chat.send(conversation_id, "four, too many").status_code == 429
+    assert len(fake_anthropic.requests) == 3
+
+
+def test_a_repeated_message_uses_up_no_model_call(make_app, chat_factory, fake_anthropic):
+    chat = chat_factory(claude_with_three_calls_a_minute(make_app, fake_anthropic))
+    conversation_id = chat.start_conversation("one")
+    for _ in range(4):  # the same message, sent again from a page not yet reloaded
+        assert chat.send(conversation_id, "two", message_id="the-second-message").status_code == 302
+        chat.wait_for_reply(conversation_id)
+    assert chat.send(conversation_id, "three").status_code == 302
+    chat.wait_for_reply(conversation_id)
+    assert chat.send(conversation_id, "four, too many").status_code == 429
+    assert len(fake_anthropic.requests) == 3
 
 
 def test_closed_registration_and_no_guests(make_app):

@@ -37,3 +37,10 @@ def test_admin_and_metrics_keys():
 def test_run_index_member_and_resume_code_key():
     assert keys.running_run_member("abc", "r1") == "abc r1"
     assert keys.resume_code("f00d") == "rc:code:{f00d}"
+
+
+def test_rate_limit_windows_are_tagged_by_client():
+    assert (
+        keys.rate_limit_window("203.0.113.7", "resume.redeem", 10, "minute")
+        == "rc:limits:{203.0.113.7}:resume.redeem:10/minute"
+    )

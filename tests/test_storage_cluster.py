@@ -286,14 +286,12 @@ def test_scripts_that_ran_on_other_masters_are_not_run_twice_after_noscript(
 @pytest.fixture
 def cluster_app(redis_cluster, tmp_path):
     """The app on the cluster through REDIS_CLUSTER, its rate limits kept there too."""
-    node = redis_cluster.url.removeprefix("redis://").removesuffix("/0")
     app = create_app(
         {
             "TESTING": True,
             "SECRET_KEY": "test-secret",
             "REDIS_URL": redis_cluster.url,
             "REDIS_CLUSTER": True,
-            "RATELIMIT_STORAGE_URI": f"redis+cluster://{node}",
             "OFFLINE_CHUNK_DELAY_SECONDS": 0,
             "MODEL_CALLS_PER_MINUTE": 1000,
         }

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from webapp import config, llm, rate_limits, rendering, security, storage
+from webapp import config, llm, rendering, security, storage
 from webapp.run_worker import RunWorker
 from webapp.storage.embedded import EmbeddedRedis
 from webapp.views import admin as admin_views
@@ -44,7 +44,6 @@ def create_app(test_config: dict | None = None, background: bool = True) -> Flas
     rendering.init_app(app)
     security.init_app(app)
     identity.init_app(app)
-    rate_limits.init_app(app)
     for blueprint in (chat.bp, resume.bp, auth.bp, ops.bp, errors.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(admin_views.bp)

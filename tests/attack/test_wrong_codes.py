@@ -274,7 +274,9 @@ def test_a_slot_is_given_back_only_to_the_window_it_was_taken_in(real_redis, lim
     client = "203.0.113.77"
 
     def reserve():
-        return rate_limits.reserve_slot(real_redis, "2 per minute", "resume.redeem", client)
+        return rate_limits.reserve_slot(
+            real_redis, (rate_limits.per_minute(2),), "resume.redeem", client
+        )
 
     first, second = reserve(), reserve()
     assert first and second and reserve() is None  # the window is full

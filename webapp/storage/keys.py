@@ -77,8 +77,14 @@ def resume_code(code_hash: str) -> str:
 
 
 RATE_LIMITS_PREFIX = f"{PREFIX}:limits"
-"""Prefix of the rate limiters' counters (Flask-Limiter's own layout below it).
-TTL: each window's."""
+"""Prefix of every rate limit window."""
+
+
+def rate_limit_window(client: str, scope: str, limit: int, window_name: str) -> str:
+    """Hash: count, started (ms) of one window of a rate limit. The client is the hash tag:
+    its windows share a Redis Cluster slot, for one script to take a slot in each.
+    TTL: the rest of the window."""
+    return f"{RATE_LIMITS_PREFIX}:{{{client}}}:{scope}:{limit}/{window_name}"
 
 
 def owner_conversations(owner: str) -> str:

@@ -417,6 +417,50 @@ return 1
 """
 )
 
+RESERVE_SLOT = AtomicScript(
+    """
+-- Takes a slot in every window of a rate limit, or in none when one is full.
+-- KEYS[n] window n's hash (count, started: when the window began, in ms)
+-- ARGV[1] now in ms; ARGV[2n], ARGV[2n+1] window n's limit and length in ms
+-- Returns when each window began (ms), or nil when one is full.
+local now = tonumber(ARGV[1])
+local windows = {}
+for n, key in ipairs(KEYS) do
+  local limit, length = tonumber(ARGV[2 * n]), tonumber(ARGV[2 * n + 1])
+  local stored = redis.call('HMGET', key, 'count', 'started')
+  local count, started = tonumber(stored[1]) or 0, tonumber(stored[2])
+  if not started or started + length <= now then
+    count, started = 0, now
+  end
+  if count >= limit then
+    return false
+  end
+  windows[n] = {count + 1, started, started + length - now}
+end
+local began = {}
+for n, key in ipairs(KEYS) do
+  redis.call('HSET', key, 'count', windows[n][1], 'started', windows[n][2])
+  redis.call('PEXPIRE', key, windows[n][3])
+  began[n] = windows[n][2]
+end
+return began
+"""
+)
+
+GIVE_BACK_SLOT = AtomicScript(
+    """
+-- Gives a slot back, except in a window that has begun again since (the slot went with it).
+-- KEYS[n] the windows the slot was taken in; ARGV[n] when window n began then (ms)
+for n, key in ipairs(KEYS) do
+  if redis.call('HGET', key, 'started') == ARGV[n] then
+    redis.call('HINCRBY', key, 'count', -1)
+  end
+end
+return 0
+"""
+)
+
+
 ALL_SCRIPTS = (
     APPEND_MESSAGE_AND_TOUCH,
     START_RUN,
@@ -431,6 +475,8 @@ ALL_SCRIPTS = (
     TOUCH_SESSION,
     DELETE_CONVERSATION,
     CHANGE_OWNER,
+    RESERVE_SLOT,
+    GIVE_BACK_SLOT,
 )
 
 

@@ -5,7 +5,9 @@ import contextlib
 import json
 import re
 import time
+from collections.abc import Iterator
 
+import redis
 from flask import (
     Blueprint,
     Response,
@@ -82,18 +84,48 @@ def _checked_owner(conversation: Conversation | None) -> Conversation:
     return conversation
 
 
+MODEL_CALLS = "model-calls"
+"""The scope of the model-call windows, in their keys."""
+
+
 class TooManyModelCalls(Exception):
     """This person asked for more replies per minute than allowed."""
 
 
-def _count_model_call() -> None:
-    """Count a model call for this visitor; TooManyModelCalls once over the limit."""
-    if not rate_limits.allow_model_call(current_owner()):
+class ModelCallSlot:
+    """One of this person's model-call slots, taken for a call about to be made."""
+
+    def __init__(self, r: redis.Redis, slot: rate_limits.Slot) -> None:
+        self._r, self._slot = r, slot
+
+    def give_back(self) -> None:
+        """No call is made after all: free the slot (once, however often asked)."""
+        if self._slot is not None:
+            rate_limits.give_back_slot(self._r, self._slot)
+            self._slot = None
+
+
+@contextlib.contextmanager
+def _model_call() -> Iterator[ModelCallSlot]:
+    """Take one of this person's MODEL_CALLS_PER_MINUTE slots for the block, or raise
+    TooManyModelCalls. Only a call made uses one up: the slot is given back if the block
+    raises (RunInProgress, SessionExpired, the conversation gone...) or gives it back."""
+    r = get_redis()
+    per_minute = rate_limits.per_minute(int(current_app.config["MODEL_CALLS_PER_MINUTE"]))
+    slot = rate_limits.reserve_slot(r, (per_minute,), MODEL_CALLS, current_owner())
+    if slot is None:
         raise TooManyModelCalls
+    call = ModelCallSlot(r, slot)
+    try:
+        yield call
+    except Exception:
+        call.give_back()
+        raise
 
 
-def _start_reply(conversation_id: str, **how) -> Run | None:
-    """Start a run (see runs.start_run) and hand it to this process's worker."""
+def _start_reply(call: ModelCallSlot, conversation_id: str, **how) -> None:
+    """Start a run (see runs.start_run) with the slot ``call`` took, and hand it to this
+    process's worker."""
     run = runs.start_run(
         get_redis(),
         conversation_id,
@@ -101,9 +133,10 @@ def _start_reply(conversation_id: str, **how) -> Run | None:
         config.run_settings(current_app.config),
         **how,
     )
-    if run is not None:
+    if run is None:
+        call.give_back()  # a repeat of a message already sent: its reply is under way
+    else:
         _worker().submit(run, how.get("prefix", ""))
-    return run
 
 
 def _to_latest(conversation_id: str):
@@ -120,15 +153,15 @@ def start():
     draft = request.form.get("text", "")
     try:
         message = _message_from_form()
-        _count_model_call()
+        with _model_call() as call:
+            conversation_id = conversations.create_conversation(
+                get_redis(), current_owner(), config.lifetimes(current_app.config)
+            )
+            _start_reply(call, conversation_id, user_message=message)
     except MessageRejected as error:
         return _render_index(error=str(error), draft=draft), 400
     except TooManyModelCalls:
         return _render_index(error=TOO_MANY_TEXT, draft=draft), 429
-    conversation_id = conversations.create_conversation(
-        get_redis(), current_owner(), config.lifetimes(current_app.config)
-    )
-    _start_reply(conversation_id, user_message=message)
     return _to_latest(conversation_id)
 
 
@@ -150,15 +183,19 @@ def restore():
         copy = lifecycle.parse_browser_copy(
             request.form.get("copy", ""), int(current_app.config["MAX_MESSAGE_CHARS"])
         )
-        _count_model_call()
+        with _model_call():
+            conversation_id = lifecycle.restore_from_copy(
+                get_redis(),
+                get_provider(),
+                current_owner(),
+                copy,
+                config.lifetimes(current_app.config),
+            )
     except lifecycle.CopyRejected as rejected:
         page = render_template("chat/gone.html", conversation_id="", rejected=str(rejected))
         return page, 400
     except TooManyModelCalls:
         return render_template("chat/gone.html", conversation_id="", rejected=TOO_MANY_TEXT), 429
-    conversation_id = lifecycle.restore_from_copy(
-        get_redis(), get_provider(), current_owner(), copy, config.lifetimes(current_app.config)
-    )
     metrics.count_catch_up(get_redis(), summaries.BROWSER)
     return _to_latest(conversation_id)
 
@@ -169,8 +206,8 @@ def send(conversation_id: str):
     draft = request.form.get("text", "")
     try:
         message = _message_from_form()
-        _count_model_call()
-        _start_reply(conversation.id, user_message=message)
+        with _model_call() as call:
+            _start_reply(call, conversation.id, user_message=message)
     except MessageRejected as error:
         return _render_conversation(conversation, error=str(error), draft=draft), 400
     except RunInProgress:
@@ -225,13 +262,12 @@ def _redo(conversation_id: str, run_id: str, carry_on: bool):
         if last and last[0].id == run.message_id:
             prefix = last[0].content.rstrip()
     try:
-        _count_model_call()
+        # If another tab pressed it first, its run is the one to watch; if the session has
+        # ended meanwhile, the page offers to catch up. Either way, the slot is given back.
+        with contextlib.suppress(RunInProgress, SessionExpired), _model_call() as call:
+            _start_reply(call, conversation.id, replacing=run, prefix=prefix)
     except TooManyModelCalls:
         return _render_conversation(conversation, error=TOO_MANY_TEXT), 429
-    # If another tab pressed it first, its run is the one to watch; if the session has
-    # ended meanwhile, the page offers to catch up.
-    with contextlib.suppress(RunInProgress, SessionExpired):
-        _start_reply(conversation.id, replacing=run, prefix=prefix)
     return _to_latest(conversation.id)
 
 
@@ -240,16 +276,16 @@ def catch_up(conversation_id: str):
     """Where were we? Summarise the conversation and start a new session from the summary."""
     conversation = _owned_conversation(conversation_id)
     try:
-        _count_model_call()
+        with _model_call():
+            summary = lifecycle.catch_up(
+                get_redis(),
+                get_provider(),
+                conversation.id,
+                config.lifetimes(current_app.config),
+                int(current_app.config["CONTEXT_BUDGET_TOKENS"]),
+            )
     except TooManyModelCalls:
         return _render_conversation(conversation, error=TOO_MANY_TEXT), 429
-    summary = lifecycle.catch_up(
-        get_redis(),
-        get_provider(),
-        conversation.id,
-        config.lifetimes(current_app.config),
-        int(current_app.config["CONTEXT_BUDGET_TOKENS"]),
-    )
     if summary:
         metrics.count_catch_up(get_redis(), summary.source)
     return _to_latest(conversation.id)

@@ -10,7 +10,6 @@ from flask import (
     session,
     url_for,
 )
-from flask_limiter.util import get_remote_address
 from flask_login import current_user
 
 from webapp import config, conversations, metrics, rate_limits, resume_codes
@@ -20,8 +19,10 @@ from webapp.views.identity import current_owner
 
 bp = Blueprint("resume", __name__)
 
-FAILED_ENTRY_LIMITS = "10 per minute;100 per day"
+FAILED_ENTRY_LIMITS = (rate_limits.per_minute(10), rate_limits.per_day(100))
 """Failed code entries allowed per client address (S4); past them, a 429 page."""
+FAILED_ENTRIES = "resume.redeem"
+"""The scope of the failed entries' windows, in their keys."""
 PENDING_CODE = "pending_code"
 """Session field: the keyed hash of a code typed before logging in (never the code)."""
 
@@ -48,7 +49,7 @@ def redeem():
     r = get_redis()
     # Every entry takes a failure's slot before its code is looked at, so that entries sent
     # together cannot all pass a check made before any of them is counted (S4).
-    slot = rate_limits.reserve_slot(r, FAILED_ENTRY_LIMITS, "resume.redeem", get_remote_address())
+    slot = rate_limits.reserve_slot(r, FAILED_ENTRY_LIMITS, FAILED_ENTRIES, _client_address())
     if slot is None:
         abort(429)
     entry = request.form.get("code", "")
@@ -59,6 +60,12 @@ def redeem():
         return _refused(refused.reason, entry)
     rate_limits.give_back_slot(r, slot)  # a right code is not a failure
     return response
+
+
+def _client_address() -> str:
+    """The client's address: ProxyFix has taken it from X-Forwarded-For behind
+    TRUSTED_PROXIES. Without one (a Unix socket and no proxy), such clients share a limit."""
+    return request.remote_addr or "unknown"
 
 
 @bp.get("/resume/continue")
