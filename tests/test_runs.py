@@ -1,5 +1,6 @@
 """Runs in storage: started with the user's message, written chunk by chunk, ended once."""
 
+import itertools
 import time
 
 import pytest
@@ -110,6 +111,18 @@ def test_events_replay_from_any_point_and_end_with_the_status(redis, conversatio
     rest = list(runs.follow(redis, conversation_id, run.id, events[0].id, block_ms=10))
     assert "".join(e.text for e in rest) == "two three"
     assert rest[-1].status == "done"
+
+
+def test_a_page_that_read_the_run_just_before_it_ended_is_still_told_the_end(
+    redis, conversation_id, lifetimes
+):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    assert runs.add_chunk(redis, run, "All of it", SETTINGS)
+    runs.finish_run(redis, run, runs.DONE, lifetimes, SETTINGS)  # between the page's reads
+    text, after = runs.run_text(redis, run)
+    assert text == "All of it"
+    watched = itertools.islice(runs.follow(redis, conversation_id, run.id, after, block_ms=10), 3)
+    assert [event and event.status for event in watched] == ["done"]  # not waits (None)
 
 
 def test_stop_keeps_the_partial_and_the_writer_stops(redis, conversation_id, lifetimes):

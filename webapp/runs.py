@@ -236,10 +236,15 @@ def finish_run(
 
 
 def run_text(r: redis.Redis, run: Run) -> tuple[str, str]:
-    """The text the run has written so far, and the id of the last event it includes."""
-    entries = r.xrange(keys.run_events(run.conversation_id, run.id))
-    text = "".join(fields.get("t", "") for _, fields in entries)
-    return text, entries[-1][0] if entries else "0-0"
+    """The text the run has written so far, and the id of its last chunk. Never the id of
+    its end event: a page that read the run as running just before it ended hands that id
+    to its watcher, which must still be told of the end."""
+    chunks = [
+        (event_id, fields["t"])
+        for event_id, fields in r.xrange(keys.run_events(run.conversation_id, run.id))
+        if "t" in fields
+    ]
+    return "".join(text for _, text in chunks), chunks[-1][0] if chunks else "0-0"
 
 
 @dataclass(frozen=True)
