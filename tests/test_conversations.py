@@ -123,6 +123,15 @@ def test_read_page_returns_the_newest_and_pages_back(redis, lifetimes):
     assert (start, [m.content for m in page]) == (0, ["m0"])
 
 
+def test_the_newest_page_has_messages_stored_after_the_conversation_was_read(redis, lifetimes):
+    cid = create_conversation(redis, OWNER, lifetimes)
+    append_message_and_touch(redis, cid, OWNER, message("question"), lifetimes)
+    conversation = conversations.get_conversation(redis, cid)
+    append_message_and_touch(redis, cid, OWNER, message("reply, stored meanwhile"), lifetimes)
+    start, page = conversations.read_page(redis, conversation, page_size=50)
+    assert (start, [m.content for m in page]) == (0, ["question", "reply, stored meanwhile"])
+
+
 def test_owner_index_lists_most_recent_first_and_only_own(redis, lifetimes):
     first = create_conversation(redis, OWNER, lifetimes)
     second = create_conversation(redis, OWNER, lifetimes)

@@ -208,9 +208,16 @@ def read_page(
     r: redis.Redis, conversation: Conversation, page_size: int, before: int | None = None
 ) -> tuple[int, list[Message]]:
     """The ``page_size`` messages before index ``before`` (default: the newest), with the
-    index of the first one."""
+    index of the first one. The newest page is read as it is now, with messages appended
+    since ``conversation`` was read."""
+    if before is None:
+        pipe = r.pipeline(transaction=True)
+        pipe.llen(keys.conversation_messages(conversation.id))
+        pipe.lrange(keys.conversation_messages(conversation.id), -page_size, -1)
+        count, raw = pipe.execute()
+        return count - len(raw), [Message.from_json(item) for item in raw]
     count = conversation.message_count
-    end = count if before is None else max(0, min(before, count))
+    end = max(0, min(before, count))
     start = max(0, end - page_size)
     if end == start:
         return start, []

@@ -415,10 +415,12 @@ def _render_conversation(
 ):
     r = get_redis()
     before = request.args.get("before", type=int)
+    # The run before the messages: a reply that ends in between is among the messages, and
+    # shown as still being written (its watcher then hears of the end at once).
+    run = runs.latest_run(r, conversation.id)
     first_index, messages = conversations.read_page(
         r, conversation, int(current_app.config["PAGE_SIZE"]), before
     )
-    run = runs.latest_run(r, conversation.id)
     run_text, run_event_id = runs.run_text(r, run) if run and run.running else ("", "0-0")
     is_latest_page = before is None or before >= conversation.message_count
     session = lifecycle.read_session(r, conversation.id)
