@@ -183,10 +183,22 @@ def fake_anthropic():
 
 
 @pytest.fixture
-def claude_app(make_app, fake_anthropic):
-    """The app with Claude as its model: the real SDK, pointed at the fake API, no retries."""
-    return make_app(
-        ANTHROPIC_API_KEY="test-key",
-        ANTHROPIC_BASE_URL=fake_anthropic.url,
-        ANTHROPIC_MAX_RETRIES=0,
-    )
+def make_claude_app(make_app, fake_anthropic):
+    """Build apps with Claude as their model (the real SDK, pointed at the fake API, no
+    retries) and ``overrides``."""
+
+    def make(**overrides):
+        return make_app(
+            ANTHROPIC_API_KEY="test-key",
+            ANTHROPIC_BASE_URL=fake_anthropic.url,
+            ANTHROPIC_MAX_RETRIES=0,
+            **overrides,
+        )
+
+    return make
+
+
+@pytest.fixture
+def claude_app(make_claude_app):
+    """The app with Claude as its model."""
+    return make_claude_app()

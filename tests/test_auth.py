@@ -259,19 +259,10 @@ def test_model_calls_are_limited_per_person_and_the_text_is_kept(make_app, chat_
     assert other.start("someone else may").status_code == 302
 
 
-def claude_with_three_calls_a_minute(make_app, fake_anthropic):
-    return make_app(
-        MODEL_CALLS_PER_MINUTE=3,
-        ANTHROPIC_API_KEY="test-key",
-        ANTHROPIC_BASE_URL=fake_anthropic.url,
-        ANTHROPIC_MAX_RETRIES=0,
-    )
-
-
 def test_sends_refused_while_a_reply_is_written_use_up_no_model_calls(
-    make_app, chat_factory, fake_anthropic
+    make_claude_app, chat_factory, fake_anthropic
 ):
-    chat = chat_factory(claude_with_three_calls_a_minute(make_app, fake_anthropic))
+    chat = chat_factory(make_claude_app(MODEL_CALLS_PER_MINUTE=3))
     fake_anthropic.enqueue(Hang(after=1))
     conversation_id = chat.conversation_id_of(chat.start("one, answered slowly"))
     for n in range(5):
@@ -287,8 +278,8 @@ def test_sends_refused_while_a_reply_is_written_use_up_no_model_calls(
     assert len(fake_anthropic.requests) == 3
 
 
-def test_a_repeated_message_uses_up_no_model_call(make_app, chat_factory, fake_anthropic):
-    chat = chat_factory(claude_with_three_calls_a_minute(make_app, fake_anthropic))
+def test_a_repeated_message_uses_up_no_model_call(make_claude_app, chat_factory, fake_anthropic):
+    chat = chat_factory(make_claude_app(MODEL_CALLS_PER_MINUTE=3))
     conversation_id = chat.start_conversation("one")
     for _ in range(4):  # the same message, sent again from a page not yet reloaded
         assert chat.send(conversation_id, "two", message_id="the-second-message").status_code == 302

@@ -114,16 +114,9 @@ def test_catching_up_twice_makes_one_note(short_chat, real_redis):
 
 
 @pytest.fixture
-def short_claude_chat(make_app, chat_factory, fake_anthropic):
+def short_claude_chat(make_claude_app, chat_factory):
     """A chat with Claude (through the fake API) whose sessions end after two idle seconds."""
-    return chat_factory(
-        make_app(
-            SESSION_IDLE_SECONDS=2,
-            ANTHROPIC_API_KEY="k",
-            ANTHROPIC_BASE_URL=fake_anthropic.url,
-            ANTHROPIC_MAX_RETRIES=0,
-        )
-    )
+    return chat_factory(make_claude_app(SESSION_IDLE_SECONDS=2))
 
 
 def test_with_claude_the_summary_uses_the_restore_prompt_and_seeds_the_system_prompt(
@@ -363,8 +356,8 @@ def test_a_hostile_or_broken_copy_is_refused_and_stores_nothing(chat, real_redis
     assert not list(real_redis.scan_iter(match="rc:conv:*"))
 
 
-def test_markup_in_a_copy_is_never_rendered_as_html(make_app, chat_factory, fake_anthropic):
-    chat = chat_factory(make_app(ANTHROPIC_API_KEY="k", ANTHROPIC_BASE_URL=fake_anthropic.url))
+def test_markup_in_a_copy_is_never_rendered_as_html(make_claude_app, chat_factory, fake_anthropic):
+    chat = chat_factory(make_claude_app())
     fake_anthropic.reply_text = "Goal: <img src=x onerror=alert(1)> <script>alert(2)</script>"
     response = restore(chat, '[{"role": "user", "content": "<script>alert(3)</script>"}]')
     page = chat.client.get(response.location.split("#")[0]).text
