@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+import threading
 from html import unescape
 from pathlib import Path
 
@@ -318,3 +319,48 @@ def test_create_admin_reads_the_password_from_stdin(redis_server, real_redis, tm
     assert "root is an admin." in result.stdout
     user = accounts.authenticate(real_redis, "root", PASSWORD)
     assert user.is_admin
+
+
+def test_parallel_wrong_passwords_are_held_to_the_limit(app, real_redis):
+    """Every try takes its place before argon2 runs, so 20 at once can't all pass a check
+    made before any of them is counted."""
+    register(app.test_client())
+    barrier, outcomes = threading.Barrier(20), []
+
+    def wrong_password():
+        barrier.wait()
+        try:
+            accounts.authenticate(real_redis, "ada", "not the password")
+        except accounts.LoginRefused as refused:
+            outcomes.append("waited" if refused.retry_after else "checked")
+
+    threads = [threading.Thread(target=wrong_password) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(outcomes) == 20
+    assert outcomes.count("checked") == accounts.FREE_FAILURES
+    assert real_redis.hget(keys.login_failures("ada"), "count") == str(accounts.FREE_FAILURES)
+
+
+def test_a_conversation_started_while_moving_stays_listed(app, real_redis, lifetimes):
+    """Moving reads the guest's index, then changes owners: a conversation the guest starts
+    in between (another tab) is never lost from both lists."""
+    guest, account = "guest:mover", "user:mover"
+    moved = conversations.create_conversation(real_redis, guest, lifetimes)
+    started = []
+
+    class StartsOneInBetween:
+        def __getattr__(self, name):
+            return getattr(real_redis, name)
+
+        def zrange(self, *args, **kwargs):
+            entries = real_redis.zrange(*args, **kwargs)
+            started.append(conversations.create_conversation(real_redis, guest, lifetimes))
+            return entries
+
+    assert conversations.move_conversations(StartsOneInBetween(), guest, account) == 1
+    (late,) = started
+    assert [c.id for c in conversations.list_conversations(real_redis, account)] == [moved]
+    assert [c.id for c in conversations.list_conversations(real_redis, guest)] == [late]

@@ -1,19 +1,69 @@
 """Settings: defaults, the FLASK_ prefix, the vendor names, and the README lists them all."""
 
+import json
+import re
 from pathlib import Path
 
 from webapp import config, create_app
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
+# Rows of the README's settings table that are not keys of config.DEFAULTS, and why.
+NOT_APP_SETTINGS = {
+    # Read by `resume-chat serve` (click's envvar for --port), not by the app's config.
+    "PORT",
+    # Read by webapp/__init__.py at import, to place the instance folder before any app exists.
+    "FLASK_INSTANCE_PATH",
+}
+
+
+def settings_table() -> dict[str, tuple[str, str]]:
+    """The README's "## Settings" table: variable -> (default cell, meaning cell)."""
+    section = README.read_text().split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line.strip() for line in section.splitlines() if line.strip().startswith("|")]
+    cells = [[cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip("|"))] for line in lines]
+    assert cells[0] == ["variable", "default", "meaning"], cells[0]
+    assert all(set(cell) <= set("-: ") for cell in cells[1]), cells[1]
+    rows = {}
+    for row in cells[2:]:
+        assert len(row) == 3, f"settings row with {len(row)} cells: {row}"
+        variable = re.fullmatch(r"`([A-Z0-9_]+)`", row[0])
+        assert variable, f"the variable cell {row[0]!r} is not one `NAME`"
+        name = variable[1]
+        assert name not in rows, f"{name} has two rows in the README's settings table"
+        rows[name] = (row[1], row[2])
+    return rows
+
+
+def documented_name(name: str) -> str:
+    """The environment variable that sets ``name``."""
+    return name if name in config.VENDOR_SETTINGS else f"FLASK_{name}"
+
+
+def as_in_environment(value) -> str:
+    """``value`` written as an environment variable (from_prefixed_env parses JSON)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
 
 def test_readme_documents_every_setting_with_its_default():
-    readme = README.read_text()
+    rows = settings_table()
     for name, default in config.DEFAULTS.items():
-        documented = name if name in config.VENDOR_SETTINGS else f"FLASK_{name}"
-        assert f"`{documented}`" in readme, f"{documented} is not in the README"
-        if default is not None and not isinstance(default, bool):
-            assert f"`{default}`" in readme, f"the default of {name} is not in the README"
+        variable = documented_name(name)
+        assert variable in rows, f"{variable} has no row in the README's settings table"
+        if default is None:
+            continue
+        cell = rows[variable][0]
+        expected = as_in_environment(default)
+        assert expected in re.findall(r"`([^`]*)`", cell), (
+            f"{variable}: the README's default is {cell!r}, but config.DEFAULTS says `{expected}`"
+        )
+
+
+def test_readme_documents_no_setting_that_is_gone():
+    documented = {documented_name(name) for name in config.DEFAULTS}
+    allowed = documented | set(config.VENDOR_SETTINGS) | NOT_APP_SETTINGS
+    stale = sorted(set(settings_table()) - allowed)
+    assert not stale, f"the README's settings table lists settings that are not in config: {stale}"
 
 
 def test_prefixed_environment_overrides_defaults(monkeypatch, redis_server):

@@ -84,7 +84,7 @@ def test_every_key_gets_its_lifetime(redis):
     lifetimes = Lifetimes(session_idle=50, session_max=3600, transcript_retention=500)
     cid = create_conversation(redis, OWNER, lifetimes)
     append_message_and_touch(redis, cid, OWNER, message(), lifetimes)
-    meta, messages, session, recent_ids = keys.conversation_keys(cid)
+    meta, messages, session, recent_ids, *_ = keys.conversation_keys(cid)
     assert 490 < redis.ttl(meta) <= 500
     assert 490 < redis.ttl(messages) <= 500
     assert 490 < redis.ttl(recent_ids) <= 500
@@ -209,7 +209,7 @@ def test_property_append_read_and_ttl_invariants(redis, ops):
             again = sent[value % len(sent)]
             assert append_message_and_touch(redis, cid, OWNER, again, lifetimes) is False
     assert conversations.read_messages(redis, cid) == sent
-    meta, messages, session, recent_ids = keys.conversation_keys(cid)
+    meta, messages, session, recent_ids, *_ = keys.conversation_keys(cid)
     assert conversations.get_conversation(redis, cid).message_count == len(sent)
     assert 9_990 < redis.ttl(meta) <= 10_000
     assert 90 < redis.ttl(session) <= 100  # begun with the conversation, slid by each append

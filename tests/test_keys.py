@@ -9,7 +9,12 @@ def test_conversation_keys_share_one_hash_tag():
         "rc:conv:{abc}:messages",
         "rc:conv:{abc}:session",
         "rc:conv:{abc}:recent_ids",
+        "rc:conv:{abc}:draft",
+        "rc:conv:{abc}:run",
+        "rc:conv:{abc}:codes",
+        "rc:conv:{abc}:runs",
     )
+    assert keys.run_events("abc", "r1") == "rc:conv:{abc}:run:r1:events"
 
 
 def test_owner_index_key_and_its_scan_pattern():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.fake_anthropic import Status
 from tests.test_runs import SETTINGS as TEST_RUN_SETTINGS
-from webapp import conversations, lifecycle, runs
+from webapp import conversations, lifecycle, resume_codes, runs
 from webapp.conversations import Lifetimes, Message
 from webapp.llm import NOTE_INTRODUCTION
 from webapp.llm.offline import OfflineProvider
@@ -19,7 +19,7 @@ from webapp.storage import keys
 OWNER = "guest:lifecycle"
 
 
-def expire_session(r, conversation_id, timeout=5):
+def wait_for_session_to_expire(r, conversation_id, timeout=5):
     """Wait (a second or two, with lifetimes set to seconds) until Redis expires the session."""
     deadline = time.monotonic() + timeout
     while r.exists(keys.conversation_session(conversation_id)):
@@ -55,7 +55,7 @@ def test_an_active_session_shows_when_it_would_end(short_chat):
 
 def test_an_expired_session_asks_where_were_we_and_the_box_waits(short_chat, real_redis):
     conversation_id = short_chat.start_conversation("Plan my garden")
-    expire_session(real_redis, conversation_id)
+    wait_for_session_to_expire(real_redis, conversation_id)
     page = page_of(short_chat, conversation_id)
     assert "Where were we?" in page
     assert "Catch me up" in page and "Start fresh" in page
@@ -83,7 +83,7 @@ def test_a_stale_session_is_never_used_even_before_redis_removes_it(real_redis, 
 
 def test_catch_me_up_starts_a_session_from_a_summary_the_model_then_uses(short_chat, real_redis):
     conversation_id = short_chat.start_conversation("I want to grow tomatoes on a balcony.")
-    expire_session(real_redis, conversation_id)
+    wait_for_session_to_expire(real_redis, conversation_id)
     assert catch_up(short_chat, conversation_id).status_code == 302
     stored = conversations.read_messages(real_redis, conversation_id)
     assert [m.role for m in stored] == ["user", "assistant", "note"]
@@ -104,7 +104,7 @@ def test_catch_me_up_starts_a_session_from_a_summary_the_model_then_uses(short_c
 
 def test_catching_up_twice_makes_one_note(short_chat, real_redis):
     conversation_id = short_chat.start_conversation("Once")
-    expire_session(real_redis, conversation_id)
+    wait_for_session_to_expire(real_redis, conversation_id)
     catch_up(short_chat, conversation_id)
     catch_up(short_chat, conversation_id)
     notes = [
@@ -125,7 +125,7 @@ def test_with_claude_the_summary_uses_the_restore_prompt_and_seeds_the_system_pr
     chat = short_claude_chat
     app = chat.client.application
     conversation_id = chat.start_conversation("Help me plan a trip to Porto")
-    expire_session(real_redis, conversation_id)
+    wait_for_session_to_expire(real_redis, conversation_id)
     fake_anthropic.reply_text = "Goal: a trip to Porto. Next: book a hotel."
     catch_up(chat, conversation_id)
     summary_request = fake_anthropic.requests[-1].body
@@ -147,7 +147,7 @@ def test_when_the_model_fails_a_local_summary_is_used_and_the_page_says_so(
 ):
     chat = short_claude_chat
     conversation_id = chat.start_conversation("Teach me chess openings.")
-    expire_session(real_redis, conversation_id)
+    wait_for_session_to_expire(real_redis, conversation_id)
     fake_anthropic.enqueue(Status(529))
     assert catch_up(chat, conversation_id).status_code == 302
     note = conversations.read_messages(real_redis, conversation_id)[-1]
@@ -160,7 +160,7 @@ def test_when_the_model_fails_a_local_summary_is_used_and_the_page_says_so(
 
 def test_start_fresh_keeps_the_old_one_listed_and_delete_removes_every_key(short_chat, real_redis):
     conversation_id = short_chat.start_conversation("Old topic")
-    expire_session(real_redis, conversation_id)
+    wait_for_session_to_expire(real_redis, conversation_id)
     page = short_chat.client.get(f"/c/{conversation_id}").text
     assert 'href="/">Start fresh</a>' in page
     assert "Old topic" in short_chat.client.get("/").text
@@ -206,7 +206,7 @@ def test_a_context_within_budget_is_left_whole(redis, lifetimes):
     texts = [f"message {i} " + "x" * 30 for i in range(6)]
     conversation_id = fill(redis, lifetimes, texts)
     provider = RecordingOffline()
-    context = lifecycle.compact_if_needed(redis, provider, conversation_id, budget_tokens=1000)
+    context = lifecycle.reply_context(redis, provider, conversation_id, budget_tokens=1000)
     assert [m.content for m in context.turns] == texts
     assert (context.note, provider.summarised) == ("", [])
 
@@ -215,7 +215,7 @@ def test_over_budget_the_oldest_part_becomes_a_summary_keeping_first_and_recent(
     texts = [f"message {i} " + "x" * 70 for i in range(10)]  # about 20 tokens each
     conversation_id = fill(redis, lifetimes, texts)
     provider = RecordingOffline()
-    context = lifecycle.compact_if_needed(redis, provider, conversation_id, budget_tokens=100)
+    context = lifecycle.reply_context(redis, provider, conversation_id, budget_tokens=100)
     kept = [m.content for m in context.turns]
     assert kept[0] == texts[0]  # the first user turn stays
     assert kept[1:] == texts[-2:]  # the most recent turns fit half the budget
@@ -230,12 +230,12 @@ def test_a_second_compaction_folds_the_first_summary_in(redis, lifetimes):
     texts = [f"message {i} " + "x" * 70 for i in range(10)]
     conversation_id = fill(redis, lifetimes, texts)
     provider = RecordingOffline()
-    lifecycle.compact_if_needed(redis, provider, conversation_id, budget_tokens=100)
+    lifecycle.reply_context(redis, provider, conversation_id, budget_tokens=100)
     for i in range(10, 14):
         conversations.append_message_and_touch(
             redis, conversation_id, OWNER, turn("user", f"message {i} " + "x" * 70), lifetimes
         )
-    context = lifecycle.compact_if_needed(redis, provider, conversation_id, budget_tokens=100)
+    context = lifecycle.reply_context(redis, provider, conversation_id, budget_tokens=100)
     assert provider.summarised[1][0].startswith("(Notes from earlier: Goal: message 0")
     assert [m.content for m in context.turns][0] == texts[0]
     assert [m.content for m in context.turns][-1].startswith("message 13")
@@ -244,7 +244,7 @@ def test_a_second_compaction_folds_the_first_summary_in(redis, lifetimes):
 def test_exactly_at_the_budget_nothing_is_compacted(redis, lifetimes):
     conversation_id = fill(redis, lifetimes, ["a" * 396])  # 396 // 4 + 1 = 100 tokens
     provider = RecordingOffline()
-    lifecycle.compact_if_needed(redis, provider, conversation_id, budget_tokens=100)
+    lifecycle.reply_context(redis, provider, conversation_id, budget_tokens=100)
     assert provider.summarised == []
 
 
@@ -269,7 +269,13 @@ def test_property_every_key_has_its_lifetime_after_any_writes(redis, sequence):
         session_alive = redis.exists(keys.conversation_session(conversation_id))
         if step == "expire_and_catch_up":
             redis.delete(keys.conversation_session(conversation_id))  # what expiry does
-            lifecycle.catch_up(redis, provider, conversation_id, LIFETIMES, 10_000)
+            lifecycle.catch_up(
+                redis,
+                provider,
+                conversations.get_conversation(redis, conversation_id),
+                LIFETIMES,
+                10_000,
+            )
         elif step == "append":
             message = turn("user", "plain append")
             conversations.append_message_and_touch(
@@ -277,7 +283,7 @@ def test_property_every_key_has_its_lifetime_after_any_writes(redis, sequence):
             )
         elif session_alive:
             run = runs.start_run(
-                redis, conversation_id, LIFETIMES, SETTINGS, user_message=turn("user", step)
+                redis, conversation_id, OWNER, LIFETIMES, SETTINGS, user_message=turn("user", step)
             )
             runs.add_chunk(redis, run, "partial ", SETTINGS)
             status = {"reply": runs.DONE, "stop": runs.STOPPED, "fail": runs.FAILED}[step]
@@ -291,6 +297,77 @@ def test_property_every_key_has_its_lifetime_after_any_writes(redis, sequence):
             assert SETTINGS.events_ttl_after_end - 10 < ttl <= SETTINGS.events_ttl_after_end, key
         else:
             assert retention - 10 < ttl <= retention, key
+
+
+# The owner's index follows every write: it lists by last activity, and outlives every
+# conversation it lists.
+
+INDEX_WRITES = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["create", "send", "stop", "append", "touch", "park", "redeem", "catch_up", "fork"]
+        ),
+        st.integers(min_value=0, max_value=3),
+    ),
+    min_size=1,
+    max_size=15,
+)
+CODE_TTL = 2 * LIFETIMES.transcript_retention  # a parked conversation outlives the retention
+
+
+def write_to(redis, provider, conversation_id, step):
+    """One write path of the app, applied to one conversation of OWNER."""
+    conversation = conversations.get_conversation(redis, conversation_id)
+    alive = lifecycle.read_session(redis, conversation_id) is not None
+    if step == "send" and alive:
+        run = runs.start_run(
+            redis, conversation_id, OWNER, LIFETIMES, SETTINGS, user_message=turn("user", "hi")
+        )
+        runs.add_chunk(redis, run, "Hello", SETTINGS)
+        runs.finish_run(redis, run, runs.DONE, LIFETIMES, SETTINGS)
+    elif step == "stop" and alive:
+        run = runs.start_run(
+            redis, conversation_id, OWNER, LIFETIMES, SETTINGS, user_message=turn("user", "go")
+        )
+        runs.request_stop(redis, run, LIFETIMES, SETTINGS)
+    elif step == "append":
+        message = turn("user", "plain append")
+        conversations.append_message_and_touch(redis, conversation_id, OWNER, message, LIFETIMES)
+    elif step == "touch":
+        lifecycle.touch(redis, conversation, LIFETIMES)
+    elif step == "park" and alive:
+        resume_codes.park(redis, "secret", conversation, CODE_TTL)
+    elif step == "redeem" and alive:
+        issued = resume_codes.park(redis, "secret", conversation, CODE_TTL)
+        digest = resume_codes.look_up("secret", issued.code)
+        resume_codes.redeem_for(redis, digest, OWNER, LIFETIMES)
+    elif step == "catch_up":
+        redis.delete(keys.conversation_session(conversation_id))  # what expiry does
+        lifecycle.catch_up(redis, provider, conversation, LIFETIMES, 10_000)
+    elif step == "fork" and conversation.message_count:
+        conversations.fork_conversation(redis, conversation_id, OWNER, 0, LIFETIMES)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(sequence=INDEX_WRITES)
+def test_property_the_owner_index_lists_by_activity_and_outlives_its_conversations(redis, sequence):
+    redis.flushdb()
+    provider = OfflineProvider()
+    index = keys.owner_conversations(OWNER)
+    made = [conversations.create_conversation(redis, OWNER, LIFETIMES)]
+    for step, which in sequence:
+        if step == "create":
+            made.append(conversations.create_conversation(redis, OWNER, LIFETIMES))
+        else:
+            write_to(redis, provider, made[which % len(made)], step)
+    listed = redis.zrevrange(index, 0, -1)
+    assert set(listed) == set(redis.zrange(index, 0, -1)) >= set(made)
+    updated = {cid: float(redis.hget(keys.conversation_meta(cid), "updated_at")) for cid in listed}
+    assert listed == sorted(listed, key=updated.get, reverse=True)
+    longest = max(redis.ttl(keys.conversation_meta(cid)) for cid in listed)
+    assert redis.ttl(index) >= longest - 1  # TTLs are read a moment apart
 
 
 # Gone: the transcript is gone too; the browser's copy can seed a new conversation.
@@ -395,7 +472,7 @@ def test_a_draft_is_kept_with_the_conversation_and_cleared_on_send(chat, real_re
 def test_a_draft_survives_expiry_and_returns_after_catching_up(short_chat, real_redis):
     conversation_id = short_chat.start_conversation("Hi")
     save_draft(short_chat, conversation_id, "what I was typing")
-    expire_session(real_redis, conversation_id)
+    wait_for_session_to_expire(real_redis, conversation_id)
     assert "Your unsent text is kept: <q>what I was typing</q>" in page_of(
         short_chat, conversation_id
     )
@@ -442,7 +519,8 @@ def test_fork_from_a_message_copies_up_to_it_and_leaves_the_original(chat, real_
     fork = conversations.get_conversation(real_redis, fork_id)
     assert (fork.title, fork.message_count) == ("First question (fork)", 2)
     retention = 600
-    for key in keys.conversation_keys(fork_id):
+    meta, messages, session, recent_ids, *_ = keys.conversation_keys(fork_id)
+    for key in (meta, messages, session, recent_ids):
         assert 0 < real_redis.ttl(key) <= retention
     chat.send(fork_id, "A different second question")
     assert chat.wait_for_reply(fork_id) == "done"
@@ -463,13 +541,19 @@ def test_the_sweep_counts_each_expired_session_once_with_scan(real_redis, lifeti
     short = Lifetimes(session_idle=1, session_max=60, transcript_retention=600)
     ending = conversations.create_conversation(real_redis, OWNER, short)
     conversations.create_conversation(real_redis, OWNER, lifetimes)  # stays active
-    expire_session(real_redis, ending)
+    wait_for_session_to_expire(real_redis, ending)
     keys_before = real_redis.info("commandstats").get("cmdstat_keys", {}).get("calls", 0)
     assert lifecycle.sweep_expired_sessions(real_redis, batch=1) == 1
     assert lifecycle.sweep_expired_sessions(real_redis) == 0  # counted once
     assert real_redis.info("commandstats").get("cmdstat_keys", {}).get("calls", 0) == keys_before
     # Catching up starts a new session; when that one ends, it is counted again.
-    lifecycle.catch_up(real_redis, OfflineProvider(), ending, short, 1000)
+    lifecycle.catch_up(
+        real_redis,
+        OfflineProvider(),
+        conversations.get_conversation(real_redis, ending),
+        short,
+        1000,
+    )
     assert not real_redis.hexists(keys.conversation_meta(ending), "session_ended")
-    expire_session(real_redis, ending)
+    wait_for_session_to_expire(real_redis, ending)
     assert lifecycle.sweep_expired_sessions(real_redis) == 1

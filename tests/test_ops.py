@@ -103,3 +103,12 @@ def test_client_settings_bound_an_outage_answer_under_two_seconds():
         attempts * storage.SOCKET_TIMEOUT_SECONDS + storage.RETRIES * storage.BACKOFF_CAP_SECONDS
     )
     assert worst < 2.0
+
+
+def test_a_missing_page_is_not_called_a_missing_conversation(client):
+    for path in ("/static/missing.css", "/no-such-page"):
+        response = client.get(path)
+        assert response.status_code == 404
+        assert "I couldn't find that page" in unescape(response.text)
+        assert "conversation" not in response.text
+    assert "I couldn't find that conversation" in unescape(client.get("/c/no-such-id").text)

@@ -17,9 +17,9 @@ from tests.test_auth import log_in, register
 from tests.test_metrics import admin_client_of, scrape, value
 from webapp import conversations, lifecycle, metrics, rate_limits, resume_codes
 from webapp.rate_limits import Window
-from webapp.resume_codes import ALPHABET, LENGTH, normalise
+from webapp.resume_codes import ALPHABET, FAILED_ENTRIES, FAILED_ENTRY_LIMITS, LENGTH, normalise
 from webapp.storage import keys
-from webapp.views.resume import FAILED_ENTRIES, FAILED_ENTRY_LIMITS, PENDING_CODE
+from webapp.views.resume import PENDING_CODE
 
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 FORMATTED = re.compile(r"^[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}$")
@@ -439,7 +439,7 @@ def test_a_parked_session_shows_its_hint_and_is_frozen_under_the_code(
     app = make_app(RESUME_CODE_TTL_SECONDS=code_ttl)
     chat = chat_factory(app)
     conversation_id = chat.start_conversation("Bake sourdough")
-    meta, messages, session_key, recent = keys.conversation_keys(conversation_id)
+    meta, messages, session_key, recent, *_ = keys.conversation_keys(conversation_id)
     answer = park(chat.client, conversation_id).json
     assert FORMATTED.match(answer["code"])
     assert (answer["exchanges"], answer["last_topic"]) == (1, "Bake sourdough")
@@ -469,7 +469,7 @@ def test_parking_never_shortens_the_transcript(make_app, chat_factory, real_redi
     chat = chat_factory(app)
     conversation_id = chat.start_conversation("Keep me")
     issue_code(chat.client, conversation_id)
-    meta, messages, session_key, recent = keys.conversation_keys(conversation_id)
+    meta, messages, session_key, recent, *_ = keys.conversation_keys(conversation_id)
     assert 28 <= real_redis.ttl(session_key) <= 30
     for key in (meta, messages, recent):
         assert real_redis.ttl(key) > 500

@@ -31,7 +31,7 @@ def conversation_id(redis, lifetimes):
 
 
 def start(redis, conversation_id, lifetimes, **how):
-    return runs.start_run(redis, conversation_id, lifetimes, SETTINGS, **how)
+    return runs.start_run(redis, conversation_id, OWNER, lifetimes, SETTINGS, **how)
 
 
 class ScriptedProvider:

@@ -15,7 +15,6 @@ from tests.test_resume_codes import enter_code, issue_code
 from tests.test_runs import SETTINGS
 from webapp import (
     accounts,
-    admin,
     conversations,
     create_app,
     lifecycle,
@@ -23,6 +22,7 @@ from webapp import (
     resume_codes,
     runs,
 )
+from webapp.admin import audit, listing
 from webapp.conversations import Message
 from webapp.storage import keys
 from webapp.storage.scan import scan_page
@@ -45,7 +45,9 @@ def chat_in(r, owner, lifetimes, text="Hello"):
 
 def test_the_sweep_lists_again_a_running_run_the_index_lost_so_it_is_reaped(redis, lifetimes):
     conversation_id = chat_in(redis, "guest:crashed", lifetimes)
-    run = runs.start_run(redis, conversation_id, lifetimes, SETTINGS, user_message=user_message())
+    run = runs.start_run(
+        redis, conversation_id, "guest:crashed", lifetimes, SETTINGS, user_message=user_message()
+    )
     runs.add_chunk(redis, run, "Half a repl", SETTINGS)
     # Its writer crashed long ago, and a cluster lost its entry in the index of running runs.
     long_ago = time.time() - 10 * SETTINGS.stale_seconds
@@ -100,7 +102,7 @@ def test_admin_pages_list_every_conversation_once(server_redis, lifetimes):
     made = {chat_in(server_redis, f"guest:g{n % 3}", lifetimes) for n in range(25)}
     listed, cursor = [], 0
     for _ in range(50):
-        page = admin.list_conversations(server_redis, cursor, page_size=4)
+        page = listing.list_conversations(server_redis, cursor, page_size=4)
         listed += [row.id for row in page.rows]
         if page.next_cursor is None:
             break
@@ -117,9 +119,9 @@ def test_overview_counts_every_state(server_redis, lifetimes):
     resume_codes.park(
         server_redis, SECRET, conversations.get_conversation(server_redis, parked), ttl=600
     )
-    counts = admin.count_states(server_redis, cache_seconds=0)
+    counts = listing.count_states(server_redis, cache_seconds=0)
     assert counts.by_state == {"active": 1, "parked": 1, "expired": 1}
-    assert {row.id: row.state for row in admin.list_conversations(server_redis).rows} == {
+    assert {row.id: row.state for row in listing.list_conversations(server_redis).rows} == {
         active: "active",
         expired: "expired",
         parked: "parked",
@@ -130,17 +132,17 @@ def test_clearing_a_conversation_deletes_its_keys_codes_and_references(server_re
     r, owner = server_redis, "guest:clear"
     kept = chat_in(r, owner, lifetimes)
     cleared = chat_in(r, owner, lifetimes)
-    earlier = runs.start_run(r, cleared, lifetimes, SETTINGS, user_message=user_message())
+    earlier = runs.start_run(r, cleared, owner, lifetimes, SETTINGS, user_message=user_message())
     runs.add_chunk(r, earlier, "Tides come", SETTINGS)
     runs.finish_run(r, earlier, runs.DONE, lifetimes, SETTINGS)  # its events linger a while
-    run = runs.start_run(r, cleared, lifetimes, SETTINGS, user_message=user_message("More"))
+    run = runs.start_run(r, cleared, owner, lifetimes, SETTINGS, user_message=user_message("More"))
     runs.add_chunk(r, run, "Partly", SETTINGS)
     conversations.save_draft(r, cleared, "half a thought")
     resume_codes.park(r, SECRET, conversations.get_conversation(r, cleared), ttl=600)
-    result = admin.clear_conversation(r, cleared, "root")
+    result = audit.clear_conversation(r, cleared, "root")
     assert result.conversations == 1
-    # meta, messages, session, recent ids, draft, run, both runs' events, the code
-    assert result.keys == 9
+    # meta, messages, session, recent ids, draft, run, codes, runs, both runs' events, the code
+    assert result.keys == 11
     assert not list(r.scan_iter(match=keys.conversation_keys_pattern(cleared)))
     assert not list(r.scan_iter(match=keys.RESUME_CODES_PATTERN))
     assert r.zrange(keys.owner_conversations(owner), 0, -1) == [kept]
@@ -153,11 +155,11 @@ def test_clearing_an_owner_and_the_expired_leaves_the_rest(server_redis, lifetim
     theirs = chat_in(server_redis, "guest:theirs", lifetimes)
     old = chat_in(server_redis, "guest:old", lifetimes)
     server_redis.delete(keys.conversation_session(old))
-    assert admin.clear_owner(server_redis, "guest:mine", "root").conversations == 3
+    assert audit.clear_owner(server_redis, "guest:mine", "root").conversations == 3
     assert all(conversations.get_conversation(server_redis, cid) is None for cid in mine)
-    assert admin.clear_expired(server_redis, "root").conversations == 1
-    assert [row.id for row in admin.list_conversations(server_redis).rows] == [theirs]
-    assert [entry.action for entry in admin.audit_entries(server_redis)] == [
+    assert audit.clear_expired(server_redis, "root").conversations == 1
+    assert [row.id for row in listing.list_conversations(server_redis).rows] == [theirs]
+    assert [entry.action for entry in audit.audit_entries(server_redis)] == [
         "clear expired",
         "clear owner",
     ]
@@ -168,10 +170,10 @@ def test_a_resume_code_parks_then_redeems_once(redis, lifetimes):
     conversation = conversations.get_conversation(redis, conversation_id)
     first = resume_codes.park(redis, SECRET, conversation, ttl=600)
     second = resume_codes.park(redis, SECRET, conversation, ttl=600)
-    retired = resume_codes.look_up(redis, SECRET, first.code)
+    retired = resume_codes.look_up(SECRET, first.code)
     with pytest.raises(resume_codes.CodeRefused, match=resume_codes.USED):
         resume_codes.redeem(redis, retired, lifetimes)
-    digest = resume_codes.look_up(redis, SECRET, second.code)
+    digest = resume_codes.look_up(SECRET, second.code)
     assert resume_codes.owner_of(redis, digest) == "guest:away"
     assert resume_codes.redeem(redis, digest, lifetimes) == conversation_id
     with pytest.raises(resume_codes.CodeRefused, match=resume_codes.USED):
@@ -241,7 +243,12 @@ def test_each_conversations_keys_live_on_one_master_and_conversations_spread(
     for number in range(30):
         conversation_id = chat_in(cluster_redis, f"guest:g{number}", lifetimes)
         run = runs.start_run(
-            cluster_redis, conversation_id, lifetimes, SETTINGS, user_message=user_message()
+            cluster_redis,
+            conversation_id,
+            f"guest:g{number}",
+            lifetimes,
+            SETTINGS,
+            user_message=user_message(),
         )
         runs.add_chunk(cluster_redis, run, "Tides", SETTINGS)
         conversations.save_draft(cluster_redis, conversation_id, "more")

@@ -7,6 +7,7 @@ from pathlib import Path
 from flask import Flask
 
 from webapp import config, llm, rendering, security, storage
+from webapp.replies import Replies
 from webapp.run_worker import RunWorker
 from webapp.storage.embedded import EmbeddedRedis
 from webapp.views import admin as admin_views
@@ -28,19 +29,29 @@ def create_app(test_config: dict | None = None, background: bool = True) -> Flas
     config.load(app, test_config)
     if not app.config["REDIS_URL"]:
         app.config["REDIS_URL"] = start_embedded_redis(app.instance_path)
+    settings = app.extensions["settings"] = config.settings_of(app.config)
     storage.init_app(app)
     llm.init_app(app)
-    app.extensions["run_worker"] = RunWorker(
-        app.extensions["redis"],
-        app.extensions["llm"],
-        config.lifetimes(app.config),
-        config.run_settings(app.config),
+    r, provider = app.extensions["redis"], app.extensions["llm"]
+    worker = app.extensions["run_worker"] = RunWorker(
+        r,
+        provider,
+        settings.lifetimes,
+        settings.runs,
         threads=int(app.config["RUN_THREADS"]),
         reaper_interval=float(app.config["RUN_REAPER_INTERVAL_SECONDS"]),
         sweep_interval=float(app.config["SWEEP_INTERVAL_SECONDS"]),
     )
+    app.extensions["replies"] = Replies(
+        r,
+        provider,
+        worker,
+        settings.lifetimes,
+        settings.runs,
+        calls_per_minute=int(app.config["MODEL_CALLS_PER_MINUTE"]),
+    )
     if background:
-        app.extensions["run_worker"].start_background()
+        worker.start_background()
     rendering.init_app(app)
     security.init_app(app)
     identity.init_app(app)

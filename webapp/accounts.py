@@ -14,7 +14,9 @@ import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from webapp import owners
 from webapp.storage import keys
+from webapp.storage.scripts import RESERVE_LOGIN_ATTEMPT
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
 PASSWORD_MIN, PASSWORD_MAX = 8, 256
@@ -51,7 +53,7 @@ class User:
     @property
     def owner(self) -> str:
         """The owner string of this user's conversations."""
-        return f"user:{self.id}"
+        return owners.of_user(self.id)
 
 
 def _user(user_id: str, profile: dict) -> User:
@@ -116,13 +118,15 @@ def authenticate(r: redis.Redis, username: str, password: str) -> User:
 
     After FREE_FAILURES consecutive failures for a username (existing or not), each try
     waits a delay that doubles with every further failure, up to MAX_WAIT_SECONDS; a
-    success resets the count.
+    success resets the count. Each try is counted before its password is checked, so tries
+    sent together are held to the limit too.
     """
     failures_key = keys.login_failures(username)
-    failures = r.hgetall(failures_key)
-    wait = float(failures.get("until", 0)) - time.time()
-    if wait > 0:
-        raise LoginRefused(retry_after=int(wait) + 1)
+    wait = RESERVE_LOGIN_ATTEMPT.run(
+        r, [failures_key], [time.time(), FREE_FAILURES, MAX_WAIT_SECONDS, FAILURES_KEPT_SECONDS]
+    )
+    if wait:
+        raise LoginRefused(retry_after=wait)
     user_id = r.hget(keys.USERNAMES, username.lower())
     stored = r.hget(keys.user_profile(user_id), "password_hash") if user_id else None
     try:
@@ -130,11 +134,6 @@ def authenticate(r: redis.Redis, username: str, password: str) -> User:
         if stored is None:
             raise VerificationError
     except (VerificationError, InvalidHashError):
-        count = r.hincrby(failures_key, "count", 1)
-        if count >= FREE_FAILURES:
-            delay = min(2 ** (count - FREE_FAILURES), MAX_WAIT_SECONDS)
-            r.hset(failures_key, "until", time.time() + delay)
-        r.expire(failures_key, FAILURES_KEPT_SECONDS)
         raise LoginRefused() from None
     r.delete(failures_key)
     return get_user(r, user_id)

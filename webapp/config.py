@@ -6,9 +6,10 @@ ANTHROPIC_BASE_URL. Every key of DEFAULTS is documented in the README.
 
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask
+from flask import Flask, current_app
 
 from webapp.conversations import Lifetimes
 from webapp.runs import RunSettings
@@ -116,21 +117,32 @@ def _instance_secret(instance: Path) -> str:
     return path.read_text().strip()
 
 
-def lifetimes(config: dict) -> Lifetimes:
-    """The session and transcript lifetimes the settings ask for."""
-    return Lifetimes(
-        session_idle=int(config["SESSION_IDLE_SECONDS"]),
-        session_max=int(config["SESSION_MAX_SECONDS"]),
-        transcript_retention=int(config["TRANSCRIPT_RETENTION_SECONDS"]),
+@dataclass(frozen=True)
+class Settings:
+    """What the domain is handed of the settings, built once at start-up."""
+
+    lifetimes: Lifetimes
+    runs: RunSettings
+
+
+def settings_of(config: dict) -> Settings:
+    """The domain's settings, as ``config`` (the app's, filled by ``load``) asks."""
+    return Settings(
+        lifetimes=Lifetimes(
+            session_idle=int(config["SESSION_IDLE_SECONDS"]),
+            session_max=int(config["SESSION_MAX_SECONDS"]),
+            transcript_retention=int(config["TRANSCRIPT_RETENTION_SECONDS"]),
+        ),
+        runs=RunSettings(
+            max_events=int(config["RUN_EVENTS_MAX"]),
+            events_ttl_after_end=int(config["RUN_EVENTS_TTL_SECONDS"]),
+            heartbeat_seconds=float(config["RUN_HEARTBEAT_SECONDS"]),
+            stale_seconds=float(config["RUN_STALE_SECONDS"]),
+            context_budget_tokens=int(config["CONTEXT_BUDGET_TOKENS"]),
+        ),
     )
 
 
-def run_settings(config: dict) -> RunSettings:
-    """How replies are written, watched and reaped, as the settings ask."""
-    return RunSettings(
-        max_events=int(config["RUN_EVENTS_MAX"]),
-        events_ttl_after_end=int(config["RUN_EVENTS_TTL_SECONDS"]),
-        heartbeat_seconds=float(config["RUN_HEARTBEAT_SECONDS"]),
-        stale_seconds=float(config["RUN_STALE_SECONDS"]),
-        context_budget_tokens=int(config["CONTEXT_BUDGET_TOKENS"]),
-    )
+def current() -> Settings:
+    """The current app's settings, as built at start-up."""
+    return current_app.extensions["settings"]

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import redis
 
+from webapp import metrics
 from webapp.storage import keys
 from webapp.storage.scripts import (
     APPEND_MESSAGE_AND_TOUCH,
@@ -19,6 +20,7 @@ from webapp.storage.scripts import (
     CONVERSATION_GONE,
     SAVE_DRAFT,
     execute_pipeline,
+    refusal,
 )
 
 DEDUPE_WINDOW = 128
@@ -33,6 +35,7 @@ MESSAGE_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 TITLE_CHARS = 80
 
 
+@refusal(CONVERSATION_GONE)
 class ConversationGone(LookupError):
     """The conversation does not exist (never did, expired, or was cleared)."""
 
@@ -85,6 +88,21 @@ def new_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+def queue_owner_index(
+    pipe, owner: str, conversation_id: str, ttl: int, *, activity: bool = True
+) -> None:
+    """Queue what keeps the owner's index true after a write that refreshed one of its
+    conversations, in the same round trip as that write: the conversation's score becomes
+    now (with ``activity``: the index lists by last activity), and the index lives at least
+    ``ttl`` more seconds, as long as the longest-lived conversation it lists. Every write
+    path that refreshes a conversation calls this."""
+    index = keys.owner_conversations(owner)
+    if activity:
+        pipe.zadd(index, {conversation_id: time.time()})
+    pipe.expire(index, ttl, nx=True)
+    pipe.expire(index, ttl, gt=True)
+
+
 def make_title(text: str) -> str:
     """The first user message, on one line and shortened."""
     line = " ".join(text.split())
@@ -111,7 +129,6 @@ def create_conversation(r: redis.Redis, owner: str, lifetimes: Lifetimes) -> str
     now = time.time()
     meta = keys.conversation_meta(conversation_id)
     session = keys.conversation_session(conversation_id)
-    index = keys.owner_conversations(owner)
     session_ttl = min(lifetimes.session_idle, lifetimes.session_max)
 
     def queue(pipe):
@@ -126,8 +143,7 @@ def create_conversation(r: redis.Redis, owner: str, lifetimes: Lifetimes) -> str
             },
         )
         pipe.expire(session, session_ttl)
-        pipe.zadd(index, {conversation_id: now})
-        pipe.expire(index, lifetimes.transcript_retention)
+        queue_owner_index(pipe, owner, conversation_id, lifetimes.transcript_retention)
 
     execute_pipeline(r, queue)
     return conversation_id
@@ -152,7 +168,6 @@ def append_message_and_touch(
     if title is None:
         title = message.content if message.role == "user" else ""
     title = make_title(title) if title else ""
-    index = keys.owner_conversations(owner)
 
     def queue(pipe):
         APPEND_MESSAGE_AND_TOUCH.queue(
@@ -168,16 +183,9 @@ def append_message_and_touch(
                 DEDUPE_WINDOW,
             ],
         )
-        pipe.zadd(index, {conversation_id: time.time()}, xx=True)
-        pipe.expire(index, lifetimes.transcript_retention)
+        queue_owner_index(pipe, owner, conversation_id, lifetimes.transcript_retention)
 
-    try:
-        (stored, _count), *_ = execute_pipeline(r, queue)
-    except redis.exceptions.ResponseError as error:
-        # redis-py prefixes errors inside a pipeline with the command's position.
-        if str(error).endswith(CONVERSATION_GONE):
-            raise ConversationGone(conversation_id) from error
-        raise
+    (stored, _count), *_ = execute_pipeline(r, queue)
     return bool(stored)
 
 
@@ -246,24 +254,24 @@ def give_conversation(
     another browser). The owner indexes follow in a second round trip, only if it changed
     hands: an index never lists a conversation its owner does not own (the indexes are
     under other hash tags, so on a cluster the two steps could not be one anyway)."""
-    target = keys.owner_conversations(to_owner)
-
-    def change_owner(pipe):
-        CHANGE_OWNER.queue(pipe, [keys.conversation_meta(conversation_id)], [from_owner, to_owner])
-
-    (changed,) = execute_pipeline(r, change_owner)
+    changed = CHANGE_OWNER.run(r, [keys.conversation_meta(conversation_id)], [from_owner, to_owner])
     if not changed:
         return
-    pipe = r.pipeline(transaction=False)
-    pipe.zrem(keys.owner_conversations(from_owner), conversation_id)
-    pipe.zadd(target, {conversation_id: time.time()})
-    pipe.expire(target, lifetimes.transcript_retention)
-    pipe.execute()
+
+    def move_entry(pipe):
+        pipe.zrem(keys.owner_conversations(from_owner), conversation_id)
+        queue_owner_index(pipe, to_owner, conversation_id, lifetimes.transcript_retention)
+
+    execute_pipeline(r, move_entry)
 
 
 def move_conversations(r: redis.Redis, from_owner: str, to_owner: str) -> int:
     """Give every live conversation of ``from_owner`` to ``to_owner`` (a guest's, on logging
-    in). Returns how many moved."""
+    in). Returns how many moved.
+
+    Only the entries moved leave the old index: a conversation the guest starts meanwhile
+    (in another tab) stays listed as the guest's, never lost from both lists. The two
+    indexes are under two owners' hash tags, so on a cluster no one script can hold both."""
     source, target = keys.owner_conversations(from_owner), keys.owner_conversations(to_owner)
     entries = r.zrange(source, 0, -1, withscores=True)
 
@@ -281,23 +289,16 @@ def move_conversations(r: redis.Redis, from_owner: str, to_owner: str) -> int:
         pipe.zadd(target, kept)
         pipe.expire(target, retention, gt=True)
         pipe.expire(target, retention, nx=True)
+        pipe.zrem(source, *kept)
         pipe.execute()
-    r.delete(source)
     return len(kept)
 
 
 def save_draft(r: redis.Redis, conversation_id: str, text: str) -> bool:
     """Keep what is being typed (or forget it, given ""); False if the conversation is gone."""
 
-    def queue(pipe):
-        SAVE_DRAFT.queue(
-            pipe,
-            [keys.conversation_meta(conversation_id), keys.conversation_draft(conversation_id)],
-            [text],
-        )
-
-    (kept,) = execute_pipeline(r, queue)
-    return bool(kept)
+    draft = [keys.conversation_meta(conversation_id), keys.conversation_draft(conversation_id)]
+    return bool(SAVE_DRAFT.run(r, draft, [text]))
 
 
 def read_draft(r: redis.Redis, conversation_id: str) -> str:
@@ -314,7 +315,7 @@ def fork_conversation(
     if not copied or original is None:
         raise ConversationGone(conversation_id)
     fork_id = create_conversation(r, owner, lifetimes)
-    meta, messages, session, recent_ids = keys.conversation_keys(fork_id)
+    meta, messages, session, recent_ids, *_ = keys.conversation_keys(fork_id)
     ids = [Message.from_json(raw).id for raw in copied]
     roles = [Message.from_json(raw).role for raw in copied]
     notes = [index for index, role in enumerate(roles) if role == "note"]
@@ -333,6 +334,7 @@ def fork_conversation(
     pipe.expire(messages, lifetimes.transcript_retention)
     pipe.expire(recent_ids, lifetimes.transcript_retention)
     pipe.execute()
+    metrics.count_fork(r)
     return fork_id
 
 

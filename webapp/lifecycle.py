@@ -19,18 +19,18 @@ from webapp import summaries
 from webapp.conversations import (
     DEDUPE_WINDOW,
     Conversation,
-    ConversationGone,
     Lifetimes,
     Message,
     append_message_and_touch,
     create_conversation,
     new_id,
+    queue_owner_index,
     read_messages,
 )
 from webapp.llm import Provider
 from webapp.storage import keys
 from webapp.storage.scripts import (
-    CONVERSATION_GONE,
+    NOTE_RETURN_AFTER_EXPIRY,
     START_SESSION_FROM_NOTE,
     TOUCH_SESSION,
     UPDATE_IF_EXISTS,
@@ -60,7 +60,7 @@ class Session:
 
     @property
     def parked(self) -> bool:
-        return self.parked_until > time.time()
+        return state(transcript=True, session=True, parked_until=self.parked_until) == PARKED
 
     def seconds_left(self) -> int:
         return max(0, int(self.expires_at - time.time()))
@@ -83,12 +83,23 @@ def read_session(r: redis.Redis, conversation_id: str) -> Session | None:
     )
 
 
-def state_of(conversation: Conversation | None, session: Session | None) -> str:
-    if conversation is None:
+def state(*, transcript: bool, session: bool, parked_until: float = 0) -> str:
+    """The one rule for a conversation's state, from what is stored of it: whether its
+    transcript and its (unexpired) session exist, and until when the session is parked."""
+    if not transcript:
         return GONE
-    if session is None:
+    if not session:
         return EXPIRED
-    return PARKED if session.parked else ACTIVE
+    return PARKED if parked_until > time.time() else ACTIVE
+
+
+def state_of(conversation: Conversation | None, session: Session | None) -> str:
+    """The state of a conversation as read (None: gone) with its session (None: ended)."""
+    return state(
+        transcript=conversation is not None,
+        session=session is not None,
+        parked_until=session.parked_until if session else 0,
+    )
 
 
 def _since_latest_note(messages: Sequence[Message]) -> list[Message]:
@@ -122,7 +133,7 @@ def summary_input(messages: Sequence[Message], budget_tokens: int) -> list[Messa
 def catch_up(
     r: redis.Redis,
     provider: Provider,
-    conversation_id: str,
+    conversation: Conversation,
     lifetimes: Lifetimes,
     budget_tokens: int,
 ) -> summaries.Summary | None:
@@ -131,7 +142,7 @@ def catch_up(
     Returns the summary, or None if a session was already alive (another tab caught up).
     Raises ConversationGone.
     """
-    messages = read_messages(r, conversation_id)
+    messages = read_messages(r, conversation.id)
     summary = summaries.summarise(provider, summary_input(messages, budget_tokens))
     note = Message(
         id=new_id(), role=NOTE, content=summary.text, created_at=time.time(), status=summary.source
@@ -140,7 +151,7 @@ def catch_up(
     def queue(pipe):
         START_SESSION_FROM_NOTE.queue(
             pipe,
-            keys.conversation_keys(conversation_id),
+            keys.conversation_keys(conversation.id),
             [
                 note.id,
                 note.to_json(),
@@ -150,14 +161,16 @@ def catch_up(
                 DEDUPE_WINDOW,
             ],
         )
+        queue_owner_index(pipe, conversation.owner, conversation.id, lifetimes.transcript_retention)
 
-    try:
-        (started,) = execute_pipeline(r, queue)
-    except redis.exceptions.ResponseError as error:
-        if str(error).endswith(CONVERSATION_GONE):
-            raise ConversationGone(conversation_id) from error
-        raise
+    started, *_ = execute_pipeline(r, queue)
     return summary if started else None
+
+
+def note_return_after_expiry(r: redis.Redis, conversation_id: str) -> bool:
+    """Whether this is the owner's first return to the conversation since its session ended
+    (each ended session is noted once)."""
+    return bool(NOTE_RETURN_AFTER_EXPIRY.run(r, keys.conversation_keys(conversation_id)))
 
 
 @dataclass(frozen=True)
@@ -194,16 +207,16 @@ def context(
     return Context(note="\n\n".join(notes), turns=turns)
 
 
-def compact_if_needed(
+def reply_context(
     r: redis.Redis,
     provider: Provider,
     conversation_id: str,
     budget_tokens: int,
     leave_out: str = "",
 ) -> Context:
-    """The context; if it outgrows ``budget_tokens``, first fold its oldest part (all but the
-    first user turn and the most recent turns, which keep half the budget) into a summary
-    kept with the session. The transcript keeps everything."""
+    """The context a reply is written from; if it outgrows ``budget_tokens``, first fold its
+    oldest part (all but the first user turn and the most recent turns, which keep half the
+    budget) into a summary kept with the session. The transcript keeps everything."""
     session = read_session(r, conversation_id)
     current = context(r, conversation_id, leave_out, session)
     texts = [current.note, *(m.content for m in current.turns)]
@@ -225,14 +238,11 @@ def compact_if_needed(
     all_messages = read_messages(r, conversation_id)
     through = max(i for i, m in enumerate(all_messages) if m.id == folded[-1].id)
 
-    def queue(pipe):
-        UPDATE_IF_EXISTS.queue(
-            pipe,
-            [keys.conversation_session(conversation_id)],
-            ["compacted_through", through, "compaction_note", summary.text],
-        )
-
-    execute_pipeline(r, queue)
+    UPDATE_IF_EXISTS.run(
+        r,
+        [keys.conversation_session(conversation_id)],
+        ["compacted_through", through, "compaction_note", summary.text],
+    )
     return context(r, conversation_id, leave_out)
 
 
@@ -334,16 +344,23 @@ def _batches(items, size):
         yield batch
 
 
-def touch(r: redis.Redis, conversation_id: str, lifetimes: Lifetimes) -> int:
+def touch(r: redis.Redis, conversation: Conversation, lifetimes: Lifetimes) -> int:
     """Slide the session because its user is active (this also ends any parking, and so
     withdraws its resume code). Returns the seconds it has left, or -1 if it is gone."""
 
     def queue(pipe):
         TOUCH_SESSION.queue(
             pipe,
-            keys.conversation_keys(conversation_id),
+            keys.conversation_keys(conversation.id),
             [lifetimes.session_idle, lifetimes.session_max, lifetimes.transcript_retention],
         )
+        queue_owner_index(
+            pipe,
+            conversation.owner,
+            conversation.id,
+            lifetimes.transcript_retention,
+            activity=False,
+        )
 
-    (left,) = execute_pipeline(r, queue)
+    left, *_ = execute_pipeline(r, queue)
     return left

@@ -64,7 +64,15 @@ MODEL_ERRORS = Counter(
     "kind",
     ("busy", "misconfigured", "broken", "error"),
 )
-RESUME_FAILURES = Counter("resume_failures", "Failed resume code entries, by reason.", "reason")
+SESSION_ENDED = "session_ended"
+"""The reason of a failed resume that is no code: the owner came back to a conversation
+whose session had ended (counted once for each ended session)."""
+RESUME_FAILURES = Counter(
+    "resume_failures",
+    "Failed resumes, by reason: a code refused (malformed, unknown, expired, used, "
+    "wrong_account, rate_limited), or a return after the session ended (session_ended).",
+    "reason",
+)
 RESUME_CODES_ISSUED = Counter("resume_codes_issued", "Resume codes handed out.")
 RESUME_CODES_REDEEMED = Counter("resume_codes_redeemed", "Resume codes redeemed.")
 CATCH_UPS = Counter(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import redis
 
 from webapp.storage import keys
-from webapp.storage.scripts import GIVE_BACK_SLOT, RESERVE_SLOT, execute_pipeline
+from webapp.storage.scripts import GIVE_BACK_SLOT, RESERVE_SLOT
 
 clock = time.time
 """The clock the windows are measured with, in seconds. A module attribute, so that a test
@@ -54,14 +54,10 @@ def reserve_slot(r: redis.Redis, windows: Sequence[Window], scope: str, client: 
     arriving together within the limit. One round trip."""
     window_keys = tuple(window_key(client, scope, window) for window in windows)
     limits = [value for window in windows for value in (window.limit, window.seconds * 1000)]
-    (began,) = execute_pipeline(
-        r, lambda pipe: RESERVE_SLOT.queue(pipe, window_keys, [int(clock() * 1000), *limits])
-    )
+    began = RESERVE_SLOT.run(r, window_keys, [int(clock() * 1000), *limits])
     return Slot(window_keys, tuple(began)) if began else None
 
 
 def give_back_slot(r: redis.Redis, slot: Slot) -> None:
     """Return a slot that turned out not to be needed (the attempt did not count)."""
-    execute_pipeline(
-        r, lambda pipe: GIVE_BACK_SLOT.queue(pipe, slot.window_keys, slot.windows_began)
-    )
+    GIVE_BACK_SLOT.run(r, slot.window_keys, slot.windows_began)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import redis
 
-from webapp.conversations import Conversation, Lifetimes
+from webapp import metrics, owners, rate_limits
+from webapp.conversations import Conversation, Lifetimes, give_conversation, queue_owner_index
 from webapp.storage import keys
 from webapp.storage.scripts import (
     PARK_SESSION,
@@ -32,9 +33,15 @@ LOOKALIKES = str.maketrans({"O": "0", "I": "1", "L": "1", "U": "V"})
 EXPIRED_GRACE_SECONDS = 7 * 86400
 """How long after its end a code is still recognised, to answer "expired" not "unknown"."""
 
-UNKNOWN, EXPIRED, USED, MALFORMED, WRONG_ACCOUNT = (
-    "unknown", "expired", "used", "malformed", "wrong_account",
+UNKNOWN, EXPIRED, USED, MALFORMED, WRONG_ACCOUNT, RATE_LIMITED = (
+    "unknown", "expired", "used", "malformed", "wrong_account", "rate_limited",
 )  # fmt: skip
+"""Why a code is refused; each failure is counted by its reason."""
+
+FAILED_ENTRY_LIMITS = (rate_limits.per_minute(10), rate_limits.per_day(100))
+"""Failed code entries allowed per client address (S4); past them, RATE_LIMITED."""
+FAILED_ENTRIES = "resume.redeem"
+"""The scope of the failed entries' windows, in their keys."""
 
 
 class CodeRefused(Exception):
@@ -43,6 +50,15 @@ class CodeRefused(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class LoginNeeded(Exception):
+    """The code is for an account's conversation: its visitor must log in first, then
+    redeem ``digest`` (the code's keyed hash, never the code) with ``redeem_for``."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__("log in to redeem this code")
+        self.digest = digest
 
 
 @dataclass(frozen=True)
@@ -97,23 +113,20 @@ def park(r: redis.Redis, secret: str, conversation: Conversation, ttl: int) -> I
         PARK_SESSION.queue(
             pipe, keys.conversation_keys(conversation.id), [digest, code[:GROUP], ttl]
         )
+        queue_owner_index(pipe, conversation.owner, conversation.id, ttl, activity=False)
 
-    (replaced,) = execute_pipeline(r, queue)
+    replaced, *_ = execute_pipeline(r, queue)
     if replaced is None:
         r.delete(code_key)
         return None
     if replaced:
         # The old code is kept, marked used, so that typing it says so (not "unknown").
-        execute_pipeline(
-            r,
-            lambda pipe: UPDATE_IF_EXISTS.queue(
-                pipe, [keys.resume_code(replaced)], ["used_at", int(now)]
-            ),
-        )
+        UPDATE_IF_EXISTS.run(r, [keys.resume_code(replaced)], ["used_at", int(now)])
+    metrics.count_resume_code_issued(r)
     return IssuedCode(formatted(code), now + ttl)
 
 
-def look_up(r: redis.Redis, secret: str, entry: str) -> str:
+def look_up(secret: str, entry: str) -> str:
     """The keyed hash of a typed code; CodeRefused(MALFORMED) if it cannot be a code."""
     code = normalise(entry)
     if code is None:
@@ -132,14 +145,10 @@ def owner_of(r: redis.Redis, digest: str) -> str:
 def redeem(r: redis.Redis, digest: str, lifetimes: Lifetimes) -> str:
     """Use the code once: its parked session comes back whole. Returns the conversation id;
     CodeRefused(USED, EXPIRED or UNKNOWN) otherwise."""
-
-    def consume(pipe):
-        REDEEM_CODE_ONCE.queue(pipe, [keys.resume_code(digest)], [])
-
-    (answer,) = execute_pipeline(r, consume)
+    answer = REDEEM_CODE_ONCE.run(r, [keys.resume_code(digest)])
     if answer[0] != "ok":
         raise CodeRefused(answer[0])
-    conversation_id = answer[1]
+    _, conversation_id, owner = answer
 
     def resume(pipe):
         RESUME_PARKED_SESSION.queue(
@@ -147,10 +156,59 @@ def redeem(r: redis.Redis, digest: str, lifetimes: Lifetimes) -> str:
             keys.conversation_keys(conversation_id),
             [digest, lifetimes.session_idle, lifetimes.session_max, lifetimes.transcript_retention],
         )
+        queue_owner_index(
+            pipe, owner, conversation_id, lifetimes.transcript_retention, activity=False
+        )
 
-    (resumed,) = execute_pipeline(r, resume)
+    resumed, *_ = execute_pipeline(r, resume)
     if resumed == -1:
         raise CodeRefused(EXPIRED)  # the parked session ended with the code's last second
     if not resumed:
         raise CodeRefused(USED)  # withdrawn: the user carried on, or a newer code was issued
+    return conversation_id
+
+
+def redeem_for(r: redis.Redis, digest: str, visitor: str, lifetimes: Lifetimes) -> str:
+    """Redeem the code for ``visitor`` (an owner): an account's code only for that account
+    (LoginNeeded for a guest), a guest's for anyone, whose conversation it then becomes.
+    Returns the conversation id; CodeRefused otherwise, counted by its reason."""
+    try:
+        owner = owner_of(r, digest)
+        if owners.is_account(owner) and visitor != owner:
+            if not owners.is_account(visitor):
+                raise LoginNeeded(digest)
+            raise CodeRefused(WRONG_ACCOUNT)
+        conversation_id = redeem(r, digest, lifetimes)
+    except CodeRefused as refused:
+        metrics.count_resume_failure(r, refused.reason)
+        raise
+    if owner != visitor:
+        # A guest's code is the guest's key: the conversation joins this browser (or account).
+        give_conversation(r, conversation_id, owner, visitor, lifetimes)
+    metrics.count_resume_code_redeemed(r)
+    return conversation_id
+
+
+def redeem_entry(
+    r: redis.Redis, secret: str, entry: str, visitor: str, address: str, lifetimes: Lifetimes
+) -> str:
+    """Redeem a typed code for ``visitor`` (see ``redeem_for``), held to the failed entries
+    allowed from ``address``: each entry takes a failure's slot before its code is looked
+    at, so that entries sent together cannot all pass a check made before any of them is
+    counted (S4); a right code gives it back. CodeRefused(RATE_LIMITED) past the limit."""
+    slot = rate_limits.reserve_slot(r, FAILED_ENTRY_LIMITS, FAILED_ENTRIES, address)
+    if slot is None:
+        metrics.count_resume_failure(r, RATE_LIMITED)
+        raise CodeRefused(RATE_LIMITED)
+    try:
+        digest = look_up(secret, entry)
+    except CodeRefused as refused:
+        metrics.count_resume_failure(r, refused.reason)
+        raise
+    try:
+        conversation_id = redeem_for(r, digest, visitor, lifetimes)
+    except LoginNeeded:
+        rate_limits.give_back_slot(r, slot)  # a right code, to be redeemed once logged in
+        raise
+    rate_limits.give_back_slot(r, slot)
     return conversation_id

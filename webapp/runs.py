@@ -21,27 +21,30 @@ from webapp.conversations import (
     Message,
     make_title,
     new_id,
+    queue_owner_index,
 )
 from webapp.llm import ModelError, Provider
 from webapp.storage import keys
 from webapp.storage.scripts import (
     ADD_RUN_CHUNK,
-    CONVERSATION_GONE,
     FINISH_RUN,
     RUN_IN_PROGRESS,
     SESSION_EXPIRED,
     START_RUN,
     execute_pipeline,
+    refusal,
 )
 
 RUNNING, DONE, INTERRUPTED, STOPPED, FAILED = "running", "done", "interrupted", "stopped", "failed"
 ENDED_EARLY = (INTERRUPTED, STOPPED, FAILED)
 
 
+@refusal(RUN_IN_PROGRESS)
 class RunInProgress(RuntimeError):
     """The conversation's latest reply is still being written."""
 
 
+@refusal(SESSION_EXPIRED)
 class SessionExpired(RuntimeError):
     """The conversation's session is over: catch up or start fresh before writing on."""
 
@@ -71,6 +74,8 @@ class Run:
     status: str
     message_id: str
     """The id of the reply message this run writes (new, or the one it continues)."""
+    owner: str
+    """The conversation's owner when the run started, whose index its end refreshes."""
     started_at: float
     heartbeat_at: float
     error_kind: str = ""
@@ -87,12 +92,8 @@ class Run:
 
 
 def _run_keys(conversation_id: str, run_id: str) -> list[str]:
-    """KEYS of FINISH_RUN: the conversation, its run hash, the run's events."""
-    return [
-        *keys.conversation_keys(conversation_id),
-        keys.conversation_run(conversation_id),
-        keys.run_events(conversation_id, run_id),
-    ]
+    """KEYS of START_RUN and FINISH_RUN: the conversation, and the run's events."""
+    return [*keys.conversation_keys(conversation_id), keys.run_events(conversation_id, run_id)]
 
 
 def latest_run(r: redis.Redis, conversation_id: str) -> Run | None:
@@ -105,6 +106,7 @@ def latest_run(r: redis.Redis, conversation_id: str) -> Run | None:
         id=fields["id"],
         status=fields["status"],
         message_id=fields["message_id"],
+        owner=fields.get("owner", ""),
         started_at=float(fields["started_at"]),
         heartbeat_at=float(fields["heartbeat_at"]),
         error_kind=fields.get("error_kind", ""),
@@ -115,6 +117,7 @@ def latest_run(r: redis.Redis, conversation_id: str) -> Run | None:
 def start_run(
     r: redis.Redis,
     conversation_id: str,
+    owner: str,
     lifetimes: Lifetimes,
     settings: RunSettings,
     *,
@@ -122,7 +125,8 @@ def start_run(
     replacing: Run | None = None,
     prefix: str = "",
 ) -> Run | None:
-    """Store ``user_message`` (if any) and start a run to reply, atomically.
+    """Store ``user_message`` (if any) and start a run to reply, atomically, refreshing every
+    TTL of the conversation and its owner's index in the same round trip.
 
     ``replacing`` is the run whose reply this one continues (with ``prefix``, its text) or
     retries. Returns the new run, or None when ``user_message`` was a repeat.
@@ -131,11 +135,12 @@ def start_run(
     run_id = new_id()
     message_id = replacing.message_id if replacing else run_id
     now = time.time()
+    member = keys.running_run_member(conversation_id, run_id)
 
     def queue(pipe):
         START_RUN.queue(
             pipe,
-            [*_run_keys(conversation_id, run_id), keys.conversation_draft(conversation_id)],
+            _run_keys(conversation_id, run_id),
             [
                 run_id,
                 user_message.id if user_message else "",
@@ -148,29 +153,24 @@ def start_run(
                 message_id,
                 prefix,
                 settings.max_events,
+                owner,
             ],
         )
-        pipe.zadd(keys.RUNS_RUNNING, {keys.running_run_member(conversation_id, run_id): now})
+        pipe.zadd(keys.RUNS_RUNNING, {member: now})
+        queue_owner_index(pipe, owner, conversation_id, lifetimes.transcript_retention)
 
-    refusal = None
     try:
-        started, _ = execute_pipeline(r, queue)
-    except redis.exceptions.ResponseError as error:
-        started, refusal = 0, error
+        started, *_ = execute_pipeline(r, queue)
+    except (RunInProgress, SessionExpired, ConversationGone):
+        r.zrem(keys.RUNS_RUNNING, member)
+        raise
     if not started:
-        r.zrem(keys.RUNS_RUNNING, keys.running_run_member(conversation_id, run_id))
-    if refusal is None:
-        if not started:
-            return None
-        metrics.count_messages_appended(r, "user", 1 if user_message else 0)
-        return Run(conversation_id, run_id, RUNNING, message_id, started_at=now, heartbeat_at=now)
-    if str(refusal).endswith(RUN_IN_PROGRESS):
-        raise RunInProgress(conversation_id) from refusal
-    if str(refusal).endswith(CONVERSATION_GONE):
-        raise ConversationGone(conversation_id) from refusal
-    if str(refusal).endswith(SESSION_EXPIRED):
-        raise SessionExpired(conversation_id) from refusal
-    raise refusal
+        r.zrem(keys.RUNS_RUNNING, member)
+        return None
+    metrics.count_messages_appended(r, "user", 1 if user_message else 0)
+    return Run(
+        conversation_id, run_id, RUNNING, message_id, owner, started_at=now, heartbeat_at=now
+    )
 
 
 def add_chunk(r: redis.Redis, run: Run, text: str, settings: RunSettings) -> bool:
@@ -228,8 +228,10 @@ def finish_run(
                 DEDUPE_WINDOW,
             ],
         )
+        if run.owner:
+            queue_owner_index(pipe, run.owner, run.conversation_id, lifetimes.transcript_retention)
 
-    (ended,) = execute_pipeline(r, queue)
+    ended, *_ = execute_pipeline(r, queue)
     if ended:
         r.zrem(keys.RUNS_RUNNING, run.index_member)
     return bool(ended)
@@ -295,7 +297,7 @@ def write_reply(
 
     Returns the status it ended with (or found, if something else ended it first).
     """
-    context = lifecycle.compact_if_needed(
+    context = lifecycle.reply_context(
         r, provider, run.conversation_id, settings.context_budget_tokens, leave_out=run.message_id
     )
     try:

@@ -83,7 +83,7 @@ def assert_exactly_once_in_writer_order(ids: list[str], sent: dict[int, list[Mes
 
 
 def assert_lifetimes_set(r, conversation_id: str, lifetimes: Lifetimes) -> None:
-    meta, messages, session, recent_ids = keys.conversation_keys(conversation_id)
+    meta, messages, session, recent_ids, *_ = keys.conversation_keys(conversation_id)
     retention = lifetimes.transcript_retention
     for key in (meta, messages, recent_ids, keys.owner_conversations(OWNER)):
         assert retention - 10 < r.ttl(key) <= retention, f"{key} has TTL {r.ttl(key)}"
@@ -107,7 +107,7 @@ def test_hundreds_of_concurrent_appends_are_stored_once_in_one_order(
     message is stored once, each writer's in its order, and every reader polling meanwhile
     sees a prefix of the final list whose length is the meta hash's count."""
     conversation_id = create_conversation(real_redis, OWNER, lifetimes)
-    meta, messages_key, _, _ = keys.conversation_keys(conversation_id)
+    meta, messages_key, *_ = keys.conversation_keys(conversation_id)
     sent = {w: [make_message(w, n) for n in range(MESSAGES_PER_WRITER)] for w in range(WRITERS)}
     start = threading.Barrier(WRITERS + READERS, timeout=JOIN_TIMEOUT_SECONDS)
     writing_done = threading.Event()

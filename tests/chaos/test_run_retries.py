@@ -37,7 +37,12 @@ def test_a_run_whose_start_answer_was_lost_is_started_once(real_redis, redis_ser
     ):
         save_draft(client, conversation_id, "hi")  # the first EVALSHA goes through
         run = runs.start_run(
-            client, conversation_id, lifetimes, SETTINGS, user_message=user_message("hi")
+            client,
+            conversation_id,
+            "guest:runs",
+            lifetimes,
+            SETTINGS,
+            user_message=user_message("hi"),
         )
     assert len(proxy.cut) == 1  # START_RUN ran, its answer was lost, and it was sent again
     assert run is not None and run.running
@@ -49,7 +54,12 @@ def test_a_run_whose_start_answer_was_lost_is_started_once(real_redis, redis_ser
 def test_a_chunk_whose_answer_was_lost_is_written_once(real_redis, redis_server, lifetimes):
     conversation_id = conversation(real_redis, lifetimes)
     run = runs.start_run(
-        real_redis, conversation_id, lifetimes, SETTINGS, user_message=user_message("hi")
+        real_redis,
+        conversation_id,
+        "guest:runs",
+        lifetimes,
+        SETTINGS,
+        user_message=user_message("hi"),
     )
     words = ["Hello", " there", " world", "!"]
     with (

@@ -7,7 +7,6 @@ from collections.abc import Iterator, Sequence
 from webapp.llm import Turn
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-SUMMARY_SENTENCES_PER_TURN = 1
 SUMMARY_MAX_CHARS = 2000
 
 

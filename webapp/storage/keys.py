@@ -37,20 +37,38 @@ def conversation_draft(conversation_id: str) -> str:
     return f"{PREFIX}:conv:{{{conversation_id}}}:draft"
 
 
-def conversation_keys(conversation_id: str) -> tuple[str, str, str, str]:
-    """The keys of one conversation, in the order the scripts take them."""
+def conversation_run(conversation_id: str) -> str:
+    """Hash: the conversation's latest run (id, status, message_id, owner, heartbeat_at,
+    error...). TTL: transcript retention."""
+    return f"{PREFIX}:conv:{{{conversation_id}}}:run"
+
+
+def conversation_codes(conversation_id: str) -> str:
+    """Set: the keyed hashes of the resume codes issued for the conversation, so that they
+    go with it. TTL: transcript retention (at least a parked session's code lifetime)."""
+    return f"{PREFIX}:conv:{{{conversation_id}}}:codes"
+
+
+def conversation_runs(conversation_id: str) -> str:
+    """Sorted set: the ids of the conversation's runs whose events may still exist, scored
+    by when those expire (+inf while running), so that they go with it. TTL: transcript
+    retention."""
+    return f"{PREFIX}:conv:{{{conversation_id}}}:runs"
+
+
+def conversation_keys(conversation_id: str) -> tuple[str, ...]:
+    """Every key of one conversation but its runs' events, in the order the scripts take
+    them (KEYS[1..8]): meta, messages, session, recent ids, draft, run, codes, runs."""
     return (
         conversation_meta(conversation_id),
         conversation_messages(conversation_id),
         conversation_session(conversation_id),
         conversation_recent_ids(conversation_id),
+        conversation_draft(conversation_id),
+        conversation_run(conversation_id),
+        conversation_codes(conversation_id),
+        conversation_runs(conversation_id),
     )
-
-
-def conversation_run(conversation_id: str) -> str:
-    """Hash: the conversation's latest run (id, status, message_id, heartbeat_at, error...).
-    TTL: transcript retention."""
-    return f"{PREFIX}:conv:{{{conversation_id}}}:run"
 
 
 def run_events(conversation_id: str, run_id: str) -> str:

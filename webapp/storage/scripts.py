@@ -39,28 +39,47 @@ second steps, and what happens when one is lost:
 """
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 
 import redis
 
-CONVERSATION_GONE = "GONE conversation does not exist"
-"""The error a script answers with when the conversation's meta hash is missing."""
-RUN_IN_PROGRESS = "BUSY a reply is still being written"
-"""The error START_RUN answers with while the conversation's latest run is running."""
-SESSION_EXPIRED = "EXPIRED the session has expired"
-"""The error START_RUN answers with when the conversation has no live session."""
+CONVERSATION_GONE = "RC_GONE"
+"""A script's refusal: the conversation's meta hash is missing."""
+RUN_IN_PROGRESS = "RC_RUN_IN_PROGRESS"
+"""START_RUN's refusal while the conversation's latest run is running."""
+SESSION_EXPIRED = "RC_SESSION_EXPIRED"
+"""START_RUN's refusal when the conversation has no live session."""
+
+_REFUSAL = re.compile(r"(?:^|caused error: )(RC_[A-Z_]+)\b")
+"""A refusal as Redis answers it, alone or annotated by a pipeline (``... caused error: RC_GONE``).
+The ``RC_`` prefix keeps refusals apart from Redis' own errors (``BUSY``, ``NOSCRIPT``...)."""
+_DOMAIN_EXCEPTIONS: dict[str, type[Exception]] = {}
+
+
+def refusal(code: str):
+    """Class decorator: the domain exception that a script's refusal ``code`` is raised as."""
+
+    def register(exception: type[Exception]) -> type[Exception]:
+        _DOMAIN_EXCEPTIONS[code] = exception
+        return exception
+
+    return register
+
+
+def as_domain_error(error: Exception) -> Exception:
+    """The domain exception of a script's refusal (see ``refusal``), else ``error`` itself."""
+    found = (
+        _REFUSAL.search(str(error)) if isinstance(error, redis.exceptions.ResponseError) else None
+    )
+    exception = _DOMAIN_EXCEPTIONS.get(found[1]) if found else None
+    return exception(str(error)) if exception else error
 
 
 class AtomicScript:
     """One Lua script, addressed by the SHA1 of its source."""
 
     def __init__(self, source: str) -> None:
-        for name, text in (
-            ("CONVERSATION_GONE", CONVERSATION_GONE),
-            ("RUN_IN_PROGRESS", RUN_IN_PROGRESS),
-            ("SESSION_EXPIRED", SESSION_EXPIRED),
-        ):
-            source = source.replace(name, text)
         self.source = source
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
@@ -71,10 +90,18 @@ class AtomicScript:
         # by name, though it routes EVALSHA by its keys.
         pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
+    def run(self, client: redis.Redis, keys: Sequence[str], args: Sequence = ()):
+        """Run the script alone, in one round trip: its answer, or its refusal raised as the
+        domain exception (see ``execute_pipeline``)."""
+        (answer,) = execute_pipeline(client, lambda pipe: self.queue(pipe, keys, args))
+        return answer
 
-# Shared by the scripts below. The conversation's keys are always KEYS[1..4]:
-# meta hash, messages list, session hash, recent ids list.
+
+# Shared by the scripts below. A conversation's keys are always KEYS[1..8], in the order of
+# keys.conversation_keys; these names say which is which.
 _CONVERSATION_FUNCTIONS = """
+local META, MESSAGES, SESSION, RECENT_IDS, DRAFT, RUN, CODES, RUNS = 1, 2, 3, 4, 5, 6, 7, 8
+
 local function now_seconds()
   local t = redis.call('TIME')
   return tonumber(t[1]), tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -83,35 +110,35 @@ end
 -- Slide the session: idle time from now, capped by the maximum age from its start. A user
 -- acting ends any parking: the resume code of the parked session is withdrawn with it.
 local function slide_session(now, idle, max_age)
-  local started = tonumber(redis.call('HGET', KEYS[3], 'started_at') or '')
+  local started = tonumber(redis.call('HGET', KEYS[SESSION], 'started_at') or '')
   if not started or started + max_age <= now then
     started = now
   end
   local ttl = math.min(idle, started + max_age - now)
-  redis.call('HDEL', KEYS[3], 'parked_until', 'code_hash', 'code_hint')
-  redis.call('HSET', KEYS[3], 'started_at', started, 'expires_at', now + ttl)
-  redis.call('EXPIRE', KEYS[3], ttl)
+  redis.call('HDEL', KEYS[SESSION], 'parked_until', 'code_hash', 'code_hint')
+  redis.call('HSET', KEYS[SESSION], 'started_at', started, 'expires_at', now + ttl)
+  redis.call('EXPIRE', KEYS[SESSION], ttl)
 end
 
--- Give the transcript's keys (and any extra keys) the retention from now.
-local function refresh_transcript(retention, extra)
-  redis.call('EXPIRE', KEYS[1], retention)
-  redis.call('EXPIRE', KEYS[2], retention)
-  redis.call('EXPIRE', KEYS[4], retention)
-  for _, key in ipairs(extra) do redis.call('EXPIRE', key, retention) end
+-- Give every key of the conversation but its session the retention from now: no key of it
+-- outlives or predeceases the others.
+local function refresh_transcript(retention)
+  for i = 1, RUNS do
+    if i ~= SESSION then redis.call('EXPIRE', KEYS[i], retention) end
+  end
 end
 
 -- Append one message unless its id is among the newest ones. Returns stored (0/1), count.
-local function append_message(now, id, json, title, window)
-  if redis.call('LPOS', KEYS[4], id) then
-    return 0, redis.call('LLEN', KEYS[2])
+local function append_message(precise_now, id, json, title, window)
+  if redis.call('LPOS', KEYS[RECENT_IDS], id) then
+    return 0, redis.call('LLEN', KEYS[MESSAGES])
   end
-  local count = redis.call('RPUSH', KEYS[2], json)
-  redis.call('LPUSH', KEYS[4], id)
-  redis.call('LTRIM', KEYS[4], 0, window - 1)
-  redis.call('HSET', KEYS[1], 'updated_at', now, 'message_count', count)
+  local count = redis.call('RPUSH', KEYS[MESSAGES], json)
+  redis.call('LPUSH', KEYS[RECENT_IDS], id)
+  redis.call('LTRIM', KEYS[RECENT_IDS], 0, window - 1)
+  redis.call('HSET', KEYS[META], 'updated_at', precise_now, 'message_count', count)
   if title ~= '' then
-    redis.call('HSETNX', KEYS[1], 'title', title)
+    redis.call('HSETNX', KEYS[META], 'title', title)
   end
   return 1, count
 end
@@ -122,19 +149,19 @@ APPEND_MESSAGE_AND_TOUCH = AtomicScript(
     + """
 -- Appends one message unless its id is among the newest ones, and slides every
 -- TTL of the conversation together.
--- KEYS[1..4] the conversation (meta, messages, session, recent ids)
+-- KEYS[1..8] the conversation
 -- ARGV[1] message id, ARGV[2] message JSON, ARGV[3] title if the conversation has none ("")
 -- ARGV[4] session idle seconds, ARGV[5] session max seconds,
 -- ARGV[6] transcript retention seconds, ARGV[7] how many newest ids to remember
--- Returns {1 if stored else 0, message count}; error CONVERSATION_GONE.
-local now = now_seconds()
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('CONVERSATION_GONE')
+-- Returns {1 if stored else 0, message count}; refusal RC_GONE.
+local now, precise_now = now_seconds()
+if redis.call('EXISTS', KEYS[META]) == 0 then
+  return redis.error_reply('RC_GONE the conversation does not exist')
 end
-local stored, count = append_message(now, ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[7]))
+local stored, count = append_message(precise_now, ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[7]))
 if stored == 1 then
   slide_session(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
-  refresh_transcript(ARGV[6], {})
+  refresh_transcript(ARGV[6])
 end
 return {stored, count}
 """
@@ -145,42 +172,48 @@ START_RUN = AtomicScript(
     + """
 -- Starts a run that will write a reply, after appending the user's message if one is
 -- given; refuses while the conversation's latest run is still running.
--- KEYS[1..4] the conversation, KEYS[5] its run hash, KEYS[6] the new run's events stream,
--- KEYS[7] its draft (cleared once the user's message is stored)
+-- KEYS[1..8] the conversation, KEYS[9] the new run's events stream
 -- ARGV[1] run id, ARGV[2] user message id ("" for none: Continue or Retry),
 -- ARGV[3] user message JSON, ARGV[4] title if none yet (""),
 -- ARGV[5] session idle seconds, ARGV[6] session max seconds, ARGV[7] retention seconds,
 -- ARGV[8] how many newest ids to remember,
 -- ARGV[9] id of the message the reply will be stored as (a new id, or the one it replaces),
--- ARGV[10] text the reply starts from ("" unless continuing), ARGV[11] events length cap
+-- ARGV[10] text the reply starts from ("" unless continuing), ARGV[11] events length cap,
+-- ARGV[12] the conversation's owner (kept with the run, for whoever ends it)
 -- Returns 1 if started, 0 if the user message was a repeat (nothing started);
--- errors CONVERSATION_GONE, SESSION_EXPIRED, RUN_IN_PROGRESS.
+-- refusals RC_GONE, RC_SESSION_EXPIRED, RC_RUN_IN_PROGRESS.
 local now, precise_now = now_seconds()
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('CONVERSATION_GONE')
+if redis.call('EXISTS', KEYS[META]) == 0 then
+  return redis.error_reply('RC_GONE the conversation does not exist')
 end
-if redis.call('HGET', KEYS[5], 'id') == ARGV[1] then
+if redis.call('HGET', KEYS[RUN], 'id') == ARGV[1] then
   return 1  -- this very call, sent again after its answer was lost: it has started
 end
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  return redis.error_reply('SESSION_EXPIRED')
+if redis.call('EXISTS', KEYS[SESSION]) == 0 then
+  return redis.error_reply('RC_SESSION_EXPIRED the session has expired')
 end
-if redis.call('HGET', KEYS[5], 'status') == 'running' then
-  return redis.error_reply('RUN_IN_PROGRESS')
+if redis.call('HGET', KEYS[RUN], 'status') == 'running' then
+  return redis.error_reply('RC_RUN_IN_PROGRESS a reply is still being written')
 end
 if ARGV[2] ~= '' then
-  local stored = append_message(now, ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[8]))
+  local stored = append_message(precise_now, ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[8]))
   if stored == 0 then return 0 end
-  redis.call('DEL', KEYS[7])
+  redis.call('DEL', KEYS[DRAFT])
 end
-redis.call('DEL', KEYS[5])
-redis.call('HSET', KEYS[5], 'id', ARGV[1], 'status', 'running', 'message_id', ARGV[9],
-  'started_at', precise_now, 'heartbeat_at', precise_now)
+redis.call('DEL', KEYS[RUN])
+redis.call('HSET', KEYS[RUN], 'id', ARGV[1], 'status', 'running', 'message_id', ARGV[9],
+  'owner', ARGV[12], 'started_at', precise_now, 'heartbeat_at', precise_now)
+redis.call('HSET', KEYS[META], 'updated_at', precise_now)
+-- The runs whose events may still exist, for deleting them with the conversation: this one
+-- until it ends, ended ones until their events expire.
+redis.call('ZREMRANGEBYSCORE', KEYS[RUNS], '-inf', now)
+redis.call('ZADD', KEYS[RUNS], '+inf', ARGV[1])
 if ARGV[10] ~= '' then
-  redis.call('XADD', KEYS[6], 'MAXLEN', ARGV[11], '*', 't', ARGV[10])
+  redis.call('XADD', KEYS[9], 'MAXLEN', ARGV[11], '*', 't', ARGV[10])
+  redis.call('EXPIRE', KEYS[9], ARGV[7])
 end
 slide_session(now, tonumber(ARGV[5]), tonumber(ARGV[6]))
-refresh_transcript(ARGV[7], {KEYS[5], KEYS[6], KEYS[7]})
+refresh_transcript(ARGV[7])
 return 1
 """
 )
@@ -218,24 +251,25 @@ FINISH_RUN = AtomicScript(
 -- Ends a running run once: stores the text written so far as the reply message (replacing
 -- the message it continues or retries when that one is the newest), records the status,
 -- and appends the end event that tells watchers.
--- KEYS[1..4] the conversation, KEYS[5] its run hash, KEYS[6] the run's events stream
+-- KEYS[1..8] the conversation, KEYS[9] the run's events stream
 -- ARGV[1] run id, ARGV[2] status (done, stopped, interrupted, failed),
 -- ARGV[3] error kind (""), ARGV[4] error message (""), ARGV[5] request id (""),
 -- ARGV[6] only if the heartbeat is older than this time (0: unconditionally),
 -- ARGV[7] transcript retention seconds, ARGV[8] events TTL after the end,
 -- ARGV[9] how many newest ids to remember
 -- Returns 1 if this call ended the run, 0 if it had already ended.
-if redis.call('HGET', KEYS[5], 'id') ~= ARGV[1]
-   or redis.call('HGET', KEYS[5], 'status') ~= 'running' then
+if redis.call('HGET', KEYS[RUN], 'id') ~= ARGV[1]
+   or redis.call('HGET', KEYS[RUN], 'status') ~= 'running' then
   return 0
 end
 local stale_before = tonumber(ARGV[6])
-if stale_before > 0 and tonumber(redis.call('HGET', KEYS[5], 'heartbeat_at')) >= stale_before then
+if stale_before > 0
+   and tonumber(redis.call('HGET', KEYS[RUN], 'heartbeat_at')) >= stale_before then
   return 0
 end
 local now, precise_now = now_seconds()
 local parts = {}
-for _, entry in ipairs(redis.call('XRANGE', KEYS[6], '-', '+')) do
+for _, entry in ipairs(redis.call('XRANGE', KEYS[9], '-', '+')) do
   local fields = entry[2]
   for i = 1, #fields, 2 do
     if fields[i] == 't' then parts[#parts + 1] = fields[i + 1] end
@@ -243,23 +277,24 @@ for _, entry in ipairs(redis.call('XRANGE', KEYS[6], '-', '+')) do
 end
 local text = table.concat(parts)
 if text ~= '' then
-  local message_id = redis.call('HGET', KEYS[5], 'message_id')
+  local message_id = redis.call('HGET', KEYS[RUN], 'message_id')
   local message = {id = message_id, role = 'assistant', content = text, created_at = precise_now}
   if ARGV[2] ~= 'done' then message.status = ARGV[2] end
   local json = cjson.encode(message)
-  local last = redis.call('LINDEX', KEYS[2], -1)
+  local last = redis.call('LINDEX', KEYS[MESSAGES], -1)
   if last and cjson.decode(last).id == message_id then
-    redis.call('LSET', KEYS[2], -1, json)
-    redis.call('HSET', KEYS[1], 'updated_at', now)
+    redis.call('LSET', KEYS[MESSAGES], -1, json)
   else
-    append_message(now, message_id, json, '', tonumber(ARGV[9]))
+    append_message(precise_now, message_id, json, '', tonumber(ARGV[9]))
   end
 end
-redis.call('HSET', KEYS[5], 'status', ARGV[2], 'finished_at', precise_now,
+redis.call('HSET', KEYS[META], 'updated_at', precise_now)
+redis.call('HSET', KEYS[RUN], 'status', ARGV[2], 'finished_at', precise_now,
   'error_kind', ARGV[3], 'error_message', ARGV[4], 'request_id', ARGV[5])
-redis.call('XADD', KEYS[6], '*', 'status', ARGV[2], 'error_kind', ARGV[3])
-refresh_transcript(ARGV[7], {KEYS[5]})
-redis.call('EXPIRE', KEYS[6], ARGV[8])
+redis.call('XADD', KEYS[9], '*', 'status', ARGV[2], 'error_kind', ARGV[3])
+redis.call('ZADD', KEYS[RUNS], now + tonumber(ARGV[8]), ARGV[1])
+refresh_transcript(ARGV[7])
+redis.call('EXPIRE', KEYS[9], ARGV[8])
 return 1
 """
 )
@@ -270,21 +305,35 @@ START_SESSION_FROM_NOTE = AtomicScript(
 -- Starts a new session of an expired conversation from a note (a summary of what came
 -- before): the note is appended to the transcript, where the page shows it as a divider,
 -- and the session's context begins at it. Does nothing if a session is alive.
--- KEYS[1..4] the conversation
+-- KEYS[1..8] the conversation
 -- ARGV[1] note id, ARGV[2] note JSON, ARGV[3] session idle seconds,
 -- ARGV[4] session max seconds, ARGV[5] retention seconds, ARGV[6] how many ids to remember
--- Returns 1 if the session started, 0 if one was alive; error CONVERSATION_GONE.
-local now = now_seconds()
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('CONVERSATION_GONE')
+-- Returns 1 if the session started, 0 if one was alive; refusal RC_GONE.
+local now, precise_now = now_seconds()
+if redis.call('EXISTS', KEYS[META]) == 0 then
+  return redis.error_reply('RC_GONE the conversation does not exist')
 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-redis.call('HDEL', KEYS[1], 'session_ended')
-local _, count = append_message(now, ARGV[1], ARGV[2], '', tonumber(ARGV[6]))
-redis.call('HSET', KEYS[3], 'context_from', count - 1)
+if redis.call('EXISTS', KEYS[SESSION]) == 1 then return 0 end
+redis.call('HDEL', KEYS[META], 'session_ended', 'returned_after_expiry')
+local _, count = append_message(precise_now, ARGV[1], ARGV[2], '', tonumber(ARGV[6]))
+redis.call('HSET', KEYS[SESSION], 'context_from', count - 1)
 slide_session(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
-refresh_transcript(ARGV[5], {})
+refresh_transcript(ARGV[5])
 return 1
+"""
+)
+
+NOTE_RETURN_AFTER_EXPIRY = AtomicScript(
+    _CONVERSATION_FUNCTIONS
+    + """
+-- Notes that the owner came back to a conversation whose session has ended, once for each
+-- ended session (a new session, from catching up, clears the mark).
+-- KEYS[1..8] the conversation
+-- Returns 1 the first time after its session ended, else 0.
+if redis.call('EXISTS', KEYS[META]) == 0 or redis.call('EXISTS', KEYS[SESSION]) == 1 then
+  return 0
+end
+return redis.call('HSETNX', KEYS[META], 'returned_after_expiry', 1)
 """
 )
 
@@ -322,19 +371,22 @@ PARK_SESSION = AtomicScript(
     _CONVERSATION_FUNCTIONS
     + """
 -- Parks a live session under a new resume code: the session is frozen (it no longer
--- slides) until the code expires, and the transcript is kept at least as long.
--- KEYS[1..4] the conversation
+-- slides) until the code expires, and the rest of the conversation is kept at least as
+-- long. The code is listed with the conversation, to be deleted with it.
+-- KEYS[1..8] the conversation
 -- ARGV[1] the code's keyed hash, ARGV[2] its hint (first group), ARGV[3] code TTL seconds
 -- Returns the hash of the code it replaces ("" for none), or false if the session is gone.
-if redis.call('EXISTS', KEYS[3]) == 0 then return false end
+if redis.call('EXISTS', KEYS[SESSION]) == 0 then return false end
 local now = now_seconds()
 local ttl = tonumber(ARGV[3])
-local replaced = redis.call('HGET', KEYS[3], 'code_hash') or ''
-redis.call('HSET', KEYS[3], 'parked_until', now + ttl, 'expires_at', now + ttl,
+local replaced = redis.call('HGET', KEYS[SESSION], 'code_hash') or ''
+redis.call('HSET', KEYS[SESSION], 'parked_until', now + ttl, 'expires_at', now + ttl,
   'code_hash', ARGV[1], 'code_hint', ARGV[2])
-redis.call('EXPIRE', KEYS[3], ttl)
-for i = 1, 4 do
-  if i ~= 3 and redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
+redis.call('EXPIRE', KEYS[SESSION], ttl)
+redis.call('SADD', KEYS[CODES], ARGV[1])
+redis.call('EXPIRE', KEYS[CODES], redis.call('TTL', KEYS[META]))
+for i = 1, RUNS do
+  if i ~= SESSION and redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
 end
 return replaced
 """
@@ -344,17 +396,17 @@ RESUME_PARKED_SESSION = AtomicScript(
     _CONVERSATION_FUNCTIONS
     + """
 -- Brings a parked session back, whole and sliding again, if it is parked under this code.
--- KEYS[1..4] the conversation
+-- KEYS[1..8] the conversation
 -- ARGV[1] the code's keyed hash, ARGV[2] session idle seconds, ARGV[3] session max seconds,
 -- ARGV[4] retention seconds
 -- Returns 1 if resumed, 0 if it is parked under another code or no longer parked, -1 if
 -- the session is gone.
-if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
-if redis.call('HGET', KEYS[3], 'code_hash') ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[SESSION]) == 0 then return -1 end
+if redis.call('HGET', KEYS[SESSION], 'code_hash') ~= ARGV[1] then return 0 end
 local now = now_seconds()
-redis.call('HSET', KEYS[3], 'started_at', now)  -- a new stretch of the same session
+redis.call('HSET', KEYS[SESSION], 'started_at', now)  -- a new stretch of the same session
 slide_session(now, tonumber(ARGV[2]), tonumber(ARGV[3]))
-refresh_transcript(ARGV[4], {})
+refresh_transcript(ARGV[4])
 return 1
 """
 )
@@ -380,27 +432,47 @@ TOUCH_SESSION = AtomicScript(
     _CONVERSATION_FUNCTIONS
     + """
 -- Slides a live session because its user is active (typing, reading), as a message would.
--- KEYS[1..4] the conversation
+-- KEYS[1..8] the conversation
 -- ARGV[1] session idle seconds, ARGV[2] session max seconds, ARGV[3] retention seconds
 -- Returns the seconds the session has left, or -1 if it is gone.
-if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[SESSION]) == 0 then return -1 end
 local now = now_seconds()
 slide_session(now, tonumber(ARGV[1]), tonumber(ARGV[2]))
-refresh_transcript(ARGV[3], {})
-return redis.call('TTL', KEYS[3])
+refresh_transcript(ARGV[3])
+return redis.call('TTL', KEYS[SESSION])
 """
 )
 
 DELETE_CONVERSATION = AtomicScript(
-    """
--- Deletes every given key of one conversation at once, only if it is still what was chosen
--- for deletion: owned by ARGV[1] (any owner if ""), and, if ARGV[2] is "expired", without
--- a live session (a user who came back meanwhile keeps the conversation).
--- KEYS[1] the meta hash, KEYS[2] the session hash, KEYS[3..] the conversation's other keys
--- Returns how many keys it deleted, or -1 if it refused (nothing deleted).
-if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return -1 end
-if ARGV[2] == 'expired' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-return redis.call('DEL', unpack(KEYS))
+    _CONVERSATION_FUNCTIONS
+    + """
+-- Deletes one conversation at once, every key of it and the events of its runs, only if it
+-- is still what was chosen for deletion: owned by ARGV[1] (any owner if ""), and, if
+-- ARGV[2] is "expired", without a live session (a user who came back meanwhile keeps it).
+-- KEYS[1..8] the conversation, KEYS[9..] the events streams of the runs ARGV[3..] name
+-- ARGV[1] owner (""), ARGV[2] "expired" or "", ARGV[3..] the ids in its runs index, as read
+-- Returns {"deleted", keys deleted, code hash...} with the hashes of the resume codes
+-- issued for it (their keys are under their own hash tags, for the caller to delete);
+-- {"refused"}; or {"changed"} when a run started since its runs index was read.
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[META], 'owner') ~= ARGV[1] then
+  return {'refused'}
+end
+if ARGV[2] == 'expired' and redis.call('EXISTS', KEYS[SESSION]) == 1 then
+  return {'refused'}
+end
+local listed = redis.call('ZRANGE', KEYS[RUNS], 0, -1)
+if #listed ~= #ARGV - 2 then return {'changed'} end
+local read = {}
+for i = 3, #ARGV do read[ARGV[i]] = true end
+for _, run_id in ipairs(listed) do
+  if not read[run_id] then return {'changed'} end
+end
+local answer = {'deleted', 0}
+for _, code_hash in ipairs(redis.call('SMEMBERS', KEYS[CODES])) do
+  answer[#answer + 1] = code_hash
+end
+answer[2] = redis.call('DEL', unpack(KEYS))
+return answer
 """
 )
 
@@ -451,11 +523,36 @@ GIVE_BACK_SLOT = AtomicScript(
     """
 -- Gives a slot back, except in a window that has begun again since (the slot went with it).
 -- KEYS[n] the windows the slot was taken in; ARGV[n] when window n began then (ms)
+-- Returns 0.
 for n, key in ipairs(KEYS) do
   if redis.call('HGET', key, 'started') == ARGV[n] then
     redis.call('HINCRBY', key, 'count', -1)
   end
 end
+return 0
+"""
+)
+
+
+RESERVE_LOGIN_ATTEMPT = AtomicScript(
+    """
+-- Takes a login attempt for a username before its password is checked, counted as a
+-- failure at once (a success then clears the count), so that attempts sent together cannot
+-- all pass a check made before any of them is counted. After ARGV[2] consecutive failures,
+-- each further attempt waits a delay that doubles with every failure, up to ARGV[3].
+-- KEYS[1] the username's failures hash (count; until: no attempt before this time)
+-- ARGV[1] now (seconds), ARGV[2] free failures, ARGV[3] longest wait (seconds),
+-- ARGV[4] how long the count is kept (seconds)
+-- Returns 0 if the attempt may go on, else the seconds to wait (nothing counted).
+local now = tonumber(ARGV[1])
+local wait = tonumber(redis.call('HGET', KEYS[1], 'until') or '0') - now
+if wait > 0 then return math.ceil(wait) end
+local count = redis.call('HINCRBY', KEYS[1], 'count', 1)
+local free = tonumber(ARGV[2])
+if count >= free then
+  redis.call('HSET', KEYS[1], 'until', now + math.min(2 ^ (count - free), tonumber(ARGV[3])))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 0
 """
 )
@@ -467,6 +564,7 @@ ALL_SCRIPTS = (
     ADD_RUN_CHUNK,
     FINISH_RUN,
     START_SESSION_FROM_NOTE,
+    NOTE_RETURN_AFTER_EXPIRY,
     UPDATE_IF_EXISTS,
     SAVE_DRAFT,
     PARK_SESSION,
@@ -477,6 +575,7 @@ ALL_SCRIPTS = (
     CHANGE_OWNER,
     RESERVE_SLOT,
     GIVE_BACK_SLOT,
+    RESERVE_LOGIN_ATTEMPT,
 )
 
 
@@ -502,7 +601,8 @@ def _recording(pipe: redis.client.Pipeline) -> list[tuple[tuple, dict]]:
 def execute_pipeline(
     client: redis.Redis, queue: Callable[[redis.client.Pipeline], None], *, transaction=False
 ) -> list:
-    """Queue commands with ``queue`` and send them in one round trip; raises the first error.
+    """Queue commands with ``queue`` and send them in one round trip; raises the first error
+    (a script's refusal as its domain exception, see ``refusal``).
 
     Commands answered NOSCRIPT are sent again, alone, once every script is loaded. Only
     those: on a cluster one master may have lost its scripts (restarted, or a replica
@@ -527,5 +627,8 @@ def execute_pipeline(
             answers[number] = answer
     for answer in answers:
         if isinstance(answer, Exception):
-            raise answer
+            domain_error = as_domain_error(answer)
+            if domain_error is answer:
+                raise answer
+            raise domain_error from answer
     return answers

@@ -19,7 +19,9 @@ from flask import (
 )
 from flask_login import current_user
 
-from webapp import accounts, admin, conversations
+from webapp import accounts, admin, conversations, owners
+from webapp.admin import audit, listing
+from webapp.deletion import Deleted
 from webapp.storage import get_redis
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -67,7 +69,7 @@ def _done(message: str):
     return redirect(url_for("admin.console") + "#audit")
 
 
-def _cleared_text(cleared: admin.Cleared) -> str:
+def _cleared_text(cleared: Deleted) -> str:
     return (
         f"Cleared {cleared.conversations} conversation{'' if cleared.conversations == 1 else 's'}"
         f" ({cleared.keys} Redis key{'' if cleared.keys == 1 else 's'})."
@@ -119,12 +121,12 @@ def hour(timestamp: float) -> str:
 def console():
     r = get_redis()
     state = request.args.get("state", "")
-    state = state if state in admin.STATES else None
+    state = state if state in listing.STATES else None
     owner_text = request.args.get("owner", "").strip()
     try:
-        owner = admin.resolve_owner(r, owner_text)
+        owner = listing.resolve_owner(r, owner_text)
         owner_error = None
-    except admin.UnknownOwner:
+    except listing.UnknownOwner:
         owner, owner_error = None, f"There is no account named “{owner_text}”."
     view = admin.read_console(
         r,
@@ -137,8 +139,8 @@ def console():
     return render_template(
         "admin/console.html",
         view=view,
-        page=view.page if owner_error is None else admin.Page([], None),
-        states=admin.STATES,
+        page=view.page if owner_error is None else listing.Page([], None),
+        states=listing.STATES,
         state=state or "",
         owner_text=owner_text,
         owner_error=owner_error,
@@ -155,7 +157,7 @@ def clear_conversation():
         return _refused("Nothing to clear", "That is not a conversation id.", 404)
     r = get_redis()
     if not _confirmed():
-        row = admin.conversation_row(r, conversation_id)
+        row = listing.conversation_row(r, conversation_id)
         text = (
             f"It belongs to {row.owner_name}: {row.message_count} messages, "
             f"{row.size_bytes:,} bytes, {row.state}. Every key of it is deleted; its owner "
@@ -164,25 +166,25 @@ def clear_conversation():
             else "It is already gone; clearing removes any keys it left behind."
         )
         return _confirm(f"Clear conversation {conversation_id}?", text, "Yes, clear it")
-    cleared = admin.clear_conversation(r, conversation_id, current_user.username)
+    cleared = audit.clear_conversation(r, conversation_id, current_user.username)
     return _done(_cleared_text(cleared))
 
 
 @bp.post("/owners/clear")
 def clear_owner():
-    owner = request.form.get("owner", "")
-    if not owner.startswith(("guest:", "user:")) or len(owner) > 200:
+    owner = owners.parse(request.form.get("owner", ""))
+    if owner is None:
         return _refused("Nothing to clear", "Choose an owner from the list of conversations.")
     r = get_redis()
     if not _confirmed():
-        name = admin.describe_owner(r, owner)
+        name = listing.describe_owner(r, owner)
         return _confirm(
             f"Clear every conversation of {name}?",
             "Every key of each of their conversations is deleted. Their account, if they "
             "have one, is kept.",
             "Yes, clear them all",
         )
-    cleared = admin.clear_owner(r, owner, current_user.username)
+    cleared = audit.clear_owner(r, owner, current_user.username)
     return _done(_cleared_text(cleared))
 
 
@@ -190,15 +192,15 @@ def clear_owner():
 def clear_expired():
     r = get_redis()
     if not _confirmed():
-        counts = admin.count_states(r, int(current_app.config["ADMIN_OVERVIEW_CACHE_SECONDS"]))
+        counts = listing.count_states(r, int(current_app.config["ADMIN_OVERVIEW_CACHE_SECONDS"]))
         return _confirm(
             "Clear every expired conversation?",
-            f"About {counts.by_state.get(admin.EXPIRED, 0):,} conversations have no session "
+            f"About {counts.by_state.get(listing.EXPIRED, 0):,} conversations have no session "
             "left, only a transcript. Their transcripts are deleted; one whose owner comes "
             "back meanwhile is kept.",
             "Yes, clear expired conversations",
         )
-    cleared = admin.clear_expired(r, current_user.username)
+    cleared = audit.clear_expired(r, current_user.username)
     return _done(_cleared_text(cleared))
 
 
@@ -216,6 +218,6 @@ def sign_out_everywhere():
             "again with their password.",
             "Yes, sign them out",
         )
-    ended = admin.sign_out_everywhere(r, user, current_user.username)
+    ended = audit.sign_out_everywhere(r, user, current_user.username)
     logins = f"{ended} live login{'' if ended == 1 else 's'}"
     return _done(f"Signed {user.username} out everywhere: {logins} ended.")

@@ -1,13 +1,10 @@
 """Chat pages: the start page, one conversation, and its replies (runs): watch, stop,
 continue, retry."""
 
-import contextlib
 import json
 import re
 import time
-from collections.abc import Iterator
 
-import redis
 from flask import (
     Blueprint,
     Response,
@@ -20,21 +17,11 @@ from flask import (
 )
 from flask_login import current_user
 
-from webapp import (
-    admin,
-    config,
-    conversations,
-    lifecycle,
-    metrics,
-    rate_limits,
-    resume_codes,
-    runs,
-    summaries,
-)
-from webapp.conversations import Conversation, Message, MessageRejected
-from webapp.llm import get_provider
+from webapp import config, conversations, deletion, lifecycle, owners, resume_codes, transcripts
+from webapp.conversations import Conversation, ConversationGone, Message, MessageRejected
 from webapp.rendering import format_time
-from webapp.runs import Run, RunInProgress, SessionExpired
+from webapp.replies import Replies, TooManyModelCalls, UnknownRun
+from webapp.runs import RunInProgress, SessionExpired, follow
 from webapp.storage import WATCH_BLOCK_MS, get_blocking_redis, get_redis
 from webapp.views.identity import current_owner
 
@@ -51,8 +38,8 @@ TOO_MANY_TEXT = (
 )
 
 
-def _worker():
-    return current_app.extensions["run_worker"]
+def _replies() -> Replies:
+    return current_app.extensions["replies"]
 
 
 def _message_from_form() -> Message:
@@ -77,66 +64,11 @@ def _checked_owner(conversation: Conversation | None) -> Conversation:
     _owned_conversation)."""
     if conversation is None:
         abort(404)
-    if conversation.owner.startswith("user:") and not current_user.is_authenticated:
+    if owners.is_account(conversation.owner) and not current_user.is_authenticated:
         abort(redirect(url_for("auth.login", next=request.full_path.rstrip("?"))))
     if conversation.owner != current_owner():
         abort(404)
     return conversation
-
-
-MODEL_CALLS = "model-calls"
-"""The scope of the model-call windows, in their keys."""
-
-
-class TooManyModelCalls(Exception):
-    """This person asked for more replies per minute than allowed."""
-
-
-class ModelCallSlot:
-    """One of this person's model-call slots, taken for a call about to be made."""
-
-    def __init__(self, r: redis.Redis, slot: rate_limits.Slot) -> None:
-        self._r, self._slot = r, slot
-
-    def give_back(self) -> None:
-        """No call is made after all: free the slot (once, however often asked)."""
-        if self._slot is not None:
-            rate_limits.give_back_slot(self._r, self._slot)
-            self._slot = None
-
-
-@contextlib.contextmanager
-def _model_call() -> Iterator[ModelCallSlot]:
-    """Take one of this person's MODEL_CALLS_PER_MINUTE slots for the block, or raise
-    TooManyModelCalls. Only a call made uses one up: the slot is given back if the block
-    raises (RunInProgress, SessionExpired, the conversation gone...) or gives it back."""
-    r = get_redis()
-    per_minute = rate_limits.per_minute(int(current_app.config["MODEL_CALLS_PER_MINUTE"]))
-    slot = rate_limits.reserve_slot(r, (per_minute,), MODEL_CALLS, current_owner())
-    if slot is None:
-        raise TooManyModelCalls
-    call = ModelCallSlot(r, slot)
-    try:
-        yield call
-    except Exception:
-        call.give_back()
-        raise
-
-
-def _start_reply(call: ModelCallSlot, conversation_id: str, **how) -> None:
-    """Start a run (see runs.start_run) with the slot ``call`` took, and hand it to this
-    process's worker."""
-    run = runs.start_run(
-        get_redis(),
-        conversation_id,
-        config.lifetimes(current_app.config),
-        config.run_settings(current_app.config),
-        **how,
-    )
-    if run is None:
-        call.give_back()  # a repeat of a message already sent: its reply is under way
-    else:
-        _worker().submit(run, how.get("prefix", ""))
 
 
 def _to_latest(conversation_id: str):
@@ -152,12 +84,7 @@ def index():
 def start():
     draft = request.form.get("text", "")
     try:
-        message = _message_from_form()
-        with _model_call() as call:
-            conversation_id = conversations.create_conversation(
-                get_redis(), current_owner(), config.lifetimes(current_app.config)
-            )
-            _start_reply(call, conversation_id, user_message=message)
+        conversation_id = _replies().start_conversation(current_owner(), _message_from_form())
     except MessageRejected as error:
         return _render_index(error=str(error), draft=draft), 400
     except TooManyModelCalls:
@@ -171,7 +98,6 @@ def conversation(conversation_id: str):
     if conversation is None:
         # Gone (retention over, cleared, or Redis lost it): the page offers to catch up from
         # the copy this browser may have kept.
-        metrics.count_resume_failure(get_redis(), "gone")
         return render_template("chat/gone.html", conversation_id=conversation_id), 404
     return _render_conversation(_checked_owner(conversation))
 
@@ -183,20 +109,12 @@ def restore():
         copy = lifecycle.parse_browser_copy(
             request.form.get("copy", ""), int(current_app.config["MAX_MESSAGE_CHARS"])
         )
-        with _model_call():
-            conversation_id = lifecycle.restore_from_copy(
-                get_redis(),
-                get_provider(),
-                current_owner(),
-                copy,
-                config.lifetimes(current_app.config),
-            )
+        conversation_id = _replies().restore(current_owner(), copy)
     except lifecycle.CopyRejected as rejected:
         page = render_template("chat/gone.html", conversation_id="", rejected=str(rejected))
         return page, 400
     except TooManyModelCalls:
         return render_template("chat/gone.html", conversation_id="", rejected=TOO_MANY_TEXT), 429
-    metrics.count_catch_up(get_redis(), summaries.BROWSER)
     return _to_latest(conversation_id)
 
 
@@ -205,9 +123,7 @@ def send(conversation_id: str):
     conversation = _owned_conversation(conversation_id)
     draft = request.form.get("text", "")
     try:
-        message = _message_from_form()
-        with _model_call() as call:
-            _start_reply(call, conversation.id, user_message=message)
+        _replies().send(conversation, _message_from_form())
     except MessageRejected as error:
         return _render_conversation(conversation, error=str(error), draft=draft), 400
     except RunInProgress:
@@ -216,28 +132,17 @@ def send(conversation_id: str):
         return _render_conversation(conversation, error=TOO_MANY_TEXT, draft=draft), 429
     except SessionExpired:
         return _render_conversation(conversation, error=SESSION_EXPIRED_TEXT, draft=draft), 409
-    return _to_latest(conversation.id)
-
-
-def _owned_run(conversation_id: str, run_id: str) -> tuple[Conversation, Run]:
-    """The conversation's latest run, if it is ``run_id``; 404 otherwise."""
-    conversation = _owned_conversation(conversation_id)
-    run = runs.latest_run(get_redis(), conversation.id)
-    if run is None or run.id != run_id:
+    except ConversationGone:
         abort(404)
-    return conversation, run
+    return _to_latest(conversation.id)
 
 
 @bp.post("/c/<conversation_id>/runs/<run_id>/stop")
 def stop(conversation_id: str, run_id: str):
-    _, run = _owned_run(conversation_id, run_id)
-    if run.running:
-        runs.request_stop(
-            get_redis(),
-            run,
-            config.lifetimes(current_app.config),
-            config.run_settings(current_app.config),
-        )
+    try:
+        _replies().stop(_owned_conversation(conversation_id), run_id)
+    except UnknownRun:
+        abort(404)
     return _to_latest(conversation_id)
 
 
@@ -253,19 +158,11 @@ def retry(conversation_id: str, run_id: str):
 
 def _redo(conversation_id: str, run_id: str, carry_on: bool):
     """Write the reply of a run that ended early again: from its partial text, or afresh."""
-    conversation, run = _owned_run(conversation_id, run_id)
-    if run.status not in runs.ENDED_EARLY:
-        return _to_latest(conversation.id)  # already done or running: nothing to redo
-    prefix = ""
-    if carry_on:
-        last = conversations.read_messages(get_redis(), conversation.id, -1, -1)
-        if last and last[0].id == run.message_id:
-            prefix = last[0].content.rstrip()
+    conversation = _owned_conversation(conversation_id)
     try:
-        # If another tab pressed it first, its run is the one to watch; if the session has
-        # ended meanwhile, the page offers to catch up. Either way, the slot is given back.
-        with contextlib.suppress(RunInProgress, SessionExpired), _model_call() as call:
-            _start_reply(call, conversation.id, replacing=run, prefix=prefix)
+        _replies().redo(conversation, run_id, carry_on=carry_on)
+    except UnknownRun:
+        abort(404)
     except TooManyModelCalls:
         return _render_conversation(conversation, error=TOO_MANY_TEXT), 429
     return _to_latest(conversation.id)
@@ -276,18 +173,11 @@ def catch_up(conversation_id: str):
     """Where were we? Summarise the conversation and start a new session from the summary."""
     conversation = _owned_conversation(conversation_id)
     try:
-        with _model_call():
-            summary = lifecycle.catch_up(
-                get_redis(),
-                get_provider(),
-                conversation.id,
-                config.lifetimes(current_app.config),
-                int(current_app.config["CONTEXT_BUDGET_TOKENS"]),
-            )
+        _replies().catch_up(conversation)
     except TooManyModelCalls:
         return _render_conversation(conversation, error=TOO_MANY_TEXT), 429
-    if summary:
-        metrics.count_catch_up(get_redis(), summary.source)
+    except ConversationGone:
+        abort(404)
     return _to_latest(conversation.id)
 
 
@@ -306,13 +196,12 @@ def fork(conversation_id: str):
     through = request.form.get("through", type=int)
     if through is None or not 0 <= through < conversation.message_count:
         abort(400)
-    fork_id = conversations.fork_conversation(
-        get_redis(),
-        conversation.id,
-        conversation.owner,
-        through,
-        config.lifetimes(current_app.config),
-    )
+    try:
+        fork_id = conversations.fork_conversation(
+            get_redis(), conversation.id, conversation.owner, through, config.current().lifetimes
+        )
+    except ConversationGone:
+        abort(404)
     return _to_latest(fork_id)
 
 
@@ -330,15 +219,13 @@ def park(conversation_id: str):
     )
     if issued is None:  # the session ended meanwhile: the page offers to catch up
         return redirect(url_for("chat.conversation", conversation_id=conversation.id))
-    metrics.count_resume_code_issued(r)
     if request.accept_mimetypes.best == "application/json":
-        messages = conversations.read_messages(r, conversation.id)
-        asked = [m.content for m in messages if m.role == "user"]
+        recap = transcripts.recap(r, conversation.id)
         return {
             "code": issued.code,
             "valid_until": format_time(issued.expires_at),
-            "exchanges": len(asked),
-            "last_topic": conversations.make_title(asked[-1]) if asked else "",
+            "exchanges": recap.exchanges,
+            "last_topic": recap.last_topic,
         }
     return _render_conversation(conversation, issued_code=issued)
 
@@ -347,7 +234,7 @@ def park(conversation_id: str):
 def touch(conversation_id: str):
     """The user is here: slide the session (and end any parking). Keep chatting posts here."""
     conversation = _owned_conversation(conversation_id)
-    left = lifecycle.touch(get_redis(), conversation.id, config.lifetimes(current_app.config))
+    left = lifecycle.touch(get_redis(), conversation, config.current().lifetimes)
     if request.accept_mimetypes.best == "application/json":
         return {"seconds_left": left}
     return redirect(url_for("chat.conversation", conversation_id=conversation.id) + "#latest")
@@ -359,9 +246,7 @@ def delete(conversation_id: str):
     conversation = _owned_conversation(conversation_id)
     if request.form.get("confirm") != "yes":
         return render_template("chat/delete.html", conversation=conversation)
-    admin.delete_conversations(
-        get_redis(), {conversation.id: conversation.owner}, only_owner=conversation.owner
-    )
+    deletion.delete_conversation(get_redis(), conversation.id, conversation.owner)
     return redirect(url_for("chat.index"))
 
 
@@ -373,12 +258,12 @@ def events(conversation_id: str, run_id: str):
     after = request.headers.get("Last-Event-ID") or request.args.get("after", "0-0")
     if not EVENT_ID.match(after):
         abort(400)
-    r, worker = get_blocking_redis(), _worker()
+    r, stopping = get_blocking_redis(), current_app.extensions["run_worker"].stopping
 
     def stream():
         yield "retry: 1000\n\n"
-        for event in runs.follow(r, conversation.id, run_id, after, WATCH_BLOCK_MS):
-            if worker.stopping.is_set():
+        for event in follow(r, conversation.id, run_id, after, WATCH_BLOCK_MS):
+            if stopping.is_set():
                 return  # shutting down: the browser reconnects from its last event
             if event is None:
                 yield ": keep-alive\n\n"
@@ -413,34 +298,16 @@ def _render_conversation(
     draft: str = "",
     issued_code: resume_codes.IssuedCode | None = None,
 ):
-    r = get_redis()
-    before = request.args.get("before", type=int)
-    # The run before the messages: a reply that ends in between is among the messages, and
-    # shown as still being written (its watcher then hears of the end at once).
-    run = runs.latest_run(r, conversation.id)
-    first_index, messages = conversations.read_page(
-        r, conversation, int(current_app.config["PAGE_SIZE"]), before
+    page = transcripts.read_page(
+        get_redis(),
+        conversation,
+        int(current_app.config["PAGE_SIZE"]),
+        request.args.get("before", type=int),
     )
-    run_text, run_event_id = runs.run_text(r, run) if run and run.running else ("", "0-0")
-    is_latest_page = before is None or before >= conversation.message_count
-    session = lifecycle.read_session(r, conversation.id)
-    if session is None and is_latest_page:
-        metrics.count_resume_failure(r, "expired")  # back after the session ended
-    copy = [{"role": m.role, "content": m.content} for m in messages if m.role != lifecycle.NOTE]
     return render_template(
         "chat/conversation.html",
-        browser_copy=copy[-lifecycle.COPY_MAX_MESSAGES :],
-        conversation=conversation,
-        session=session,
-        state=lifecycle.state_of(conversation, session),
-        messages=messages,
-        first_index=first_index,
-        is_latest_page=is_latest_page,
-        run=run,
-        run_text=run_text,
-        run_event_id=run_event_id,
+        **{**vars(page), "draft": draft or page.draft},
         new_message_id=conversations.new_id(),
         error=error,
-        draft=draft or conversations.read_draft(r, conversation.id),
         issued_code=issued_code,
     )

@@ -6,9 +6,6 @@ import redis
 from flask import Blueprint, render_template, request
 from flask_wtf.csrf import CSRFError
 
-from webapp import metrics
-from webapp.storage import get_redis
-
 bp = Blueprint("errors", __name__)
 log = logging.getLogger(__name__)
 
@@ -21,10 +18,14 @@ def _page(status: int, title: str, text: str):
 
 @bp.app_errorhandler(404)
 def not_found(_error):
+    if "conversation_id" in (request.view_args or {}):
+        return _page(
+            404,
+            "I couldn't find that conversation",
+            "It may have expired, been cleared, or belong to another browser.",
+        )
     return _page(
-        404,
-        "I couldn't find that conversation",
-        "It may have expired, been cleared, or belong to another browser.",
+        404, "I couldn't find that page", "Check the address, or start from the home page."
     )
 
 
@@ -47,9 +48,7 @@ def too_large(_error):
 
 
 @bp.app_errorhandler(429)
-def too_many(error):
-    if request.path == "/resume":
-        metrics.count_resume_failure(get_redis(), "rate_limited")
+def too_many(_error):
     body, status = _page(
         429,
         "Slow down",

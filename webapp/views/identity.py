@@ -7,7 +7,7 @@ from datetime import timedelta
 from flask import Flask, abort, current_app, redirect, request, session, url_for
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 
-from webapp import accounts
+from webapp import accounts, owners
 from webapp.accounts import User
 from webapp.storage import get_redis
 
@@ -53,7 +53,7 @@ def init_app(app: Flask) -> None:
 
 def guest_owner() -> str | None:
     """This browser's guest identity, if it has one."""
-    return f"guest:{session['guest_id']}" if "guest_id" in session else None
+    return owners.of_guest(session["guest_id"]) if "guest_id" in session else None
 
 
 def current_owner() -> str:
@@ -66,7 +66,7 @@ def current_owner() -> str:
     if "guest_id" not in session:
         session["guest_id"] = secrets.token_urlsafe(16)
         session.permanent = True
-    return f"guest:{session['guest_id']}"
+    return owners.of_guest(session["guest_id"])
 
 
 def log_in(user: User, remember: bool) -> None:

@@ -7,7 +7,8 @@ from flask import Blueprint, Response, current_app, request
 from flask_login import current_user
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from webapp import admin, metrics
+from webapp import metrics
+from webapp.admin import listing
 from webapp.storage import get_redis
 
 bp = Blueprint("ops", __name__)
@@ -57,7 +58,7 @@ def metrics_text():
     if refusal is not None:
         return refusal
     r = get_redis()
-    counts = admin.count_states(r, int(current_app.config["ADMIN_OVERVIEW_CACHE_SECONDS"]))
+    counts = listing.count_states(r, int(current_app.config["ADMIN_OVERVIEW_CACHE_SECONDS"]))
     return Response(
         metrics.render(r, counts.by_state),
         content_type=CONTENT_TYPE_LATEST,

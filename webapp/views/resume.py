@@ -10,19 +10,14 @@ from flask import (
     session,
     url_for,
 )
-from flask_login import current_user
 
-from webapp import config, conversations, metrics, rate_limits, resume_codes
-from webapp.resume_codes import CodeRefused
+from webapp import config, resume_codes
+from webapp.resume_codes import CodeRefused, LoginNeeded
 from webapp.storage import get_redis
 from webapp.views.identity import current_owner
 
 bp = Blueprint("resume", __name__)
 
-FAILED_ENTRY_LIMITS = (rate_limits.per_minute(10), rate_limits.per_day(100))
-"""Failed code entries allowed per client address (S4); past them, a 429 page."""
-FAILED_ENTRIES = "resume.redeem"
-"""The scope of the failed entries' windows, in their keys."""
 PENDING_CODE = "pending_code"
 """Session field: the keyed hash of a code typed before logging in (never the code)."""
 
@@ -46,20 +41,23 @@ def enter():
 
 @bp.post("/resume")
 def redeem():
-    r = get_redis()
-    # Every entry takes a failure's slot before its code is looked at, so that entries sent
-    # together cannot all pass a check made before any of them is counted (S4).
-    slot = rate_limits.reserve_slot(r, FAILED_ENTRY_LIMITS, FAILED_ENTRIES, _client_address())
-    if slot is None:
-        abort(429)
     entry = request.form.get("code", "")
     try:
-        digest = resume_codes.look_up(r, current_app.config["SECRET_KEY"], entry)
-        response = _redeem(digest, resume_codes.owner_of(r, digest))
+        conversation_id = resume_codes.redeem_entry(
+            get_redis(),
+            current_app.config["SECRET_KEY"],
+            entry,
+            current_owner(),
+            _client_address(),
+            config.current().lifetimes,
+        )
+    except LoginNeeded as needed:
+        return _log_in_first(needed.digest)
     except CodeRefused as refused:
+        if refused.reason == resume_codes.RATE_LIMITED:
+            abort(429)
         return _refused(refused.reason, entry)
-    rate_limits.give_back_slot(r, slot)  # a right code is not a failure
-    return response
+    return _to_conversation(conversation_id)
 
 
 def _client_address() -> str:
@@ -75,32 +73,26 @@ def after_login():
     if digest is None:
         return redirect(url_for("resume.enter"))
     try:
-        return _redeem(digest, resume_codes.owner_of(get_redis(), digest))
+        conversation_id = resume_codes.redeem_for(
+            get_redis(), digest, current_owner(), config.current().lifetimes
+        )
+    except LoginNeeded as needed:
+        return _log_in_first(needed.digest)
     except CodeRefused as refused:
         return _refused(refused.reason, "")
+    return _to_conversation(conversation_id)
 
 
-def _redeem(digest: str, owner: str):
-    """Redeem for this visitor, who must be the owning account for an account's code."""
-    r = get_redis()
-    if owner.startswith("user:"):
-        if not current_user.is_authenticated:
-            session[PENDING_CODE] = digest
-            return redirect(url_for("auth.login", next=url_for("resume.after_login")))
-        if current_user.owner != owner:
-            raise CodeRefused(resume_codes.WRONG_ACCOUNT)
-    conversation_id = resume_codes.redeem(r, digest, config.lifetimes(current_app.config))
-    if owner != current_owner():
-        # A guest's code is the guest's key: the conversation joins this browser (or account).
-        conversations.give_conversation(
-            r, conversation_id, owner, current_owner(), config.lifetimes(current_app.config)
-        )
-    metrics.count_resume_code_redeemed(r)
+def _log_in_first(digest: str):
+    session[PENDING_CODE] = digest
+    return redirect(url_for("auth.login", next=url_for("resume.after_login")))
+
+
+def _to_conversation(conversation_id: str):
     return redirect(url_for("chat.conversation", conversation_id=conversation_id) + "#latest")
 
 
 def _refused(reason: str, entry: str):
-    metrics.count_resume_failure(get_redis(), reason)
     status = {resume_codes.MALFORMED: 400, resume_codes.WRONG_ACCOUNT: 403}.get(reason, 404)
     page = render_template(
         "resume/enter.html",

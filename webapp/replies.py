@@ -1,0 +1,142 @@
+"""Replies: asking the model to write, as one call from a view.
+
+Every model call (a reply, Continue, Retry, a catch-up, a restore from a browser's copy)
+first takes one of its asker's MODEL_CALLS_PER_MINUTE slots, and gives it back when no call
+is made after all (a repeated message, a reply already being written, a session that has
+ended). A reply is a run: started atomically with the user's message, then written by this
+process's worker in the background.
+"""
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import redis
+
+from webapp import conversations, lifecycle, metrics, rate_limits, runs, summaries
+from webapp.conversations import Conversation, Lifetimes, Message
+from webapp.llm import Provider
+from webapp.run_worker import RunWorker
+from webapp.runs import Run, RunInProgress, RunSettings, SessionExpired
+
+MODEL_CALL_SCOPE = "model-calls"
+"""The scope of the model-call windows, in their keys."""
+
+
+class TooManyModelCalls(Exception):
+    """This person asked for more replies per minute than allowed."""
+
+
+class UnknownRun(LookupError):
+    """The run named is not the conversation's latest."""
+
+
+class Replies:
+    """The model calls people ask for, with the clients and settings built at start-up."""
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        provider: Provider,
+        worker: RunWorker,
+        lifetimes: Lifetimes,
+        run_settings: RunSettings,
+        *,
+        calls_per_minute: int,
+    ) -> None:
+        self.r, self.provider, self.worker = r, provider, worker
+        self.lifetimes, self.run_settings = lifetimes, run_settings
+        self.limit = (rate_limits.per_minute(calls_per_minute),)
+
+    @contextlib.contextmanager
+    def _model_call(self, asker: str) -> Iterator[rate_limits.Slot]:
+        """Take one of ``asker``'s model-call slots for the block, or raise TooManyModelCalls.
+        The slot is given back if the block raises: no call was made."""
+        slot = rate_limits.reserve_slot(self.r, self.limit, MODEL_CALL_SCOPE, asker)
+        if slot is None:
+            raise TooManyModelCalls
+        try:
+            yield slot
+        except Exception:
+            rate_limits.give_back_slot(self.r, slot)
+            raise
+
+    def _start(self, slot: rate_limits.Slot, conversation_id: str, owner: str, **how) -> None:
+        """Start a run (see runs.start_run) with the slot taken, and hand it to the worker."""
+        run = runs.start_run(
+            self.r, conversation_id, owner, self.lifetimes, self.run_settings, **how
+        )
+        if run is None:
+            rate_limits.give_back_slot(self.r, slot)  # a repeat: its reply is under way
+        else:
+            self.worker.submit(run, how.get("prefix", ""))
+
+    def start_conversation(self, owner: str, message: Message) -> str:
+        """A new conversation of ``owner`` whose reply to ``message`` is being written; its
+        id. Raises TooManyModelCalls (and creates nothing)."""
+        with self._model_call(owner) as slot:
+            conversation_id = conversations.create_conversation(self.r, owner, self.lifetimes)
+            self._start(slot, conversation_id, owner, user_message=message)
+        return conversation_id
+
+    def send(self, conversation: Conversation, message: Message) -> None:
+        """Store ``message`` and start its reply. Raises TooManyModelCalls, RunInProgress,
+        SessionExpired or ConversationGone; a repeat of a message sent already does nothing."""
+        with self._model_call(conversation.owner) as slot:
+            self._start(slot, conversation.id, conversation.owner, user_message=message)
+
+    def latest_run(self, conversation: Conversation, run_id: str) -> Run:
+        """The conversation's latest run, if it is ``run_id``; UnknownRun otherwise."""
+        run = runs.latest_run(self.r, conversation.id)
+        if run is None or run.id != run_id:
+            raise UnknownRun(run_id)
+        return run
+
+    def redo(self, conversation: Conversation, run_id: str, *, carry_on: bool) -> None:
+        """Write the reply of a run that ended early again: carrying on from its partial
+        text, or afresh. Does nothing if it is done or running, if another tab pressed it
+        first, or if the session ended meanwhile (the page then offers to catch up).
+        Raises UnknownRun or TooManyModelCalls."""
+        run = self.latest_run(conversation, run_id)
+        if run.status not in runs.ENDED_EARLY:
+            return
+        prefix = ""
+        if carry_on:
+            last = conversations.read_messages(self.r, conversation.id, -1, -1)
+            if last and last[0].id == run.message_id:
+                prefix = last[0].content.rstrip()
+        with (
+            contextlib.suppress(RunInProgress, SessionExpired),
+            self._model_call(conversation.owner) as slot,
+        ):
+            self._start(slot, conversation.id, conversation.owner, replacing=run, prefix=prefix)
+
+    def stop(self, conversation: Conversation, run_id: str) -> None:
+        """Stop the run from any tab, keeping what it wrote. Raises UnknownRun."""
+        run = self.latest_run(conversation, run_id)
+        if run.running:
+            runs.request_stop(self.r, run, self.lifetimes, self.run_settings)
+
+    def catch_up(self, conversation: Conversation) -> summaries.Summary | None:
+        """Where were we? Summarise the conversation and start a new session from the
+        summary (None if another tab did). Raises TooManyModelCalls or ConversationGone."""
+        with self._model_call(conversation.owner):
+            summary = lifecycle.catch_up(
+                self.r,
+                self.provider,
+                conversation,
+                self.lifetimes,
+                self.run_settings.context_budget_tokens,
+            )
+        if summary:
+            metrics.count_catch_up(self.r, summary.source)
+        return summary
+
+    def restore(self, owner: str, copy: Sequence[Message]) -> str:
+        """A new conversation of ``owner`` caught up from a browser's copy of one that is
+        gone (see lifecycle.parse_browser_copy); its id. Raises TooManyModelCalls."""
+        with self._model_call(owner):
+            conversation_id = lifecycle.restore_from_copy(
+                self.r, self.provider, owner, copy, self.lifetimes
+            )
+        metrics.count_catch_up(self.r, summaries.BROWSER)
+        return conversation_id
