@@ -1,1 +1,1 @@
-"""The benchmarks behind `make bench`: P1 to P7 of QUALITY.md in one table (load: wrk)."""
+"""The benchmarks behind `make bench`: P1 to P7 of the README, in one table (load: wrk)."""

@@ -1,4 +1,4 @@
-"""The XSS corpus in Chromium (QUALITY S7, S8): every payload is typed and sent as a user's
+"""The XSS corpus in Chromium (S7, S8 of the README): every payload is typed and sent as a user's
 message, comes back as Claude's reply through the fake Messages API (streamed live into the
 page), and is shown again after a reload. Nothing runs, nothing is requested from another
 origin, and the DOM holds no active content, CSP or not."""

@@ -1,1 +1,1 @@
-"""Fault tests (QUALITY.md R1-R3): real processes killed or cut off under load."""
+"""Fault tests (R1-R5 of the README's bar): real processes killed or cut off under load."""

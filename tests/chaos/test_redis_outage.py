@@ -13,7 +13,7 @@ from tests.chaos.conftest import Answer, Crowd, Guest
 BROWSERS = 6
 OUTAGE_SECONDS = 10
 PAGE_TIMEOUT_SECONDS = 2
-"""The client gives up on a page after this (QUALITY.md R3), which fails the test."""
+"""The client gives up on a page after this (R3 of the bar in the README), which fails the test."""
 RECOVERY_ALLOWANCE_SECONDS = 2
 """After Redis answers again, within which a request may still have met the outage."""
 VISIT_PAUSE_SECONDS = 0.05

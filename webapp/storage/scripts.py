@@ -15,15 +15,19 @@ second steps, and what happens when one is lost:
 - Creating a conversation lists it in its owner's index ({owner}): if that is
   lost, the owner's list misses it (its link, the console and its retention
   still work).
-- Appending a message (or starting a run) slides the owner index's score and TTL
-  after the script: if lost, the list's order lags until the next message.
+- Every write that refreshes a conversation (appending, starting or ending a run,
+  catching up, touching, parking, resuming) refreshes its owner index's TTL, and
+  its score when it is activity, after the script in the same round trip
+  (``conversations.queue_owner_index``): if lost, the list's order lags until the
+  next write, and the index's TTL is set again by it.
 - Starting a run adds it to the index of running runs: if lost, the sweep lists
   it again from the run's own hash, so the reaper still interrupts it if its
   writer is gone. Ending a run removes it; the reaper drops members whose run
   has ended or gone.
 - Giving a conversation to another owner moves its index entries only after
   CHANGE_OWNER said it changed hands; moving a guest's conversations on login
-  changes each owner in its own script, then the indexes. If an index step is
+  changes each owner in its own script, then the indexes (removing only the
+  entries moved, so one created meanwhile stays listed). If an index step is
   lost, an old owner's entry is skipped by the list (it checks the owner) and
   removed by the sweep once the conversation is gone; a new owner's missing
   entry leaves the conversation unlisted.
@@ -32,9 +36,11 @@ second steps, and what happens when one is lost:
   the session only if it is parked under that code; issuing writes the code,
   then parks, then retires the old code. A code left without its session is
   refused (used or expired) and expires with its TTL.
-- Clearing (the console) deletes each conversation in one script, then its
-  codes, its index entries and its running-run entries: what is left over is
-  swept, reaped, or expires.
+- Deleting (the owner's Delete, the console's clearing) deletes each
+  conversation in one script over its own keys, which answers with the resume
+  codes listed with it; then its codes, its index entry and its running-run
+  entries go: what is left over is swept, reaped, or expires (a code left
+  without its conversation is refused as expired).
 - Counters (one hash) and their hourly buckets are separate increments.
 """
 
