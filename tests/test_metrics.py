@@ -1,13 +1,19 @@
 """/metrics: counters kept in Redis (shared by every process), rendered in the Prometheus
 text format, and who may read them."""
 
+import logging
 import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fake_anthropic import Status, StreamError
-from webapp import accounts, metrics
+from tests.conftest import CSRF_FIELD, Chat
+from tests.fake_anthropic import FakeAnthropic, Status, StreamError
+from webapp import accounts, conversations, metrics, resume_codes
 from webapp.storage import connect, keys
 
 PASSWORD = "correct horse battery"
@@ -155,9 +161,34 @@ def test_only_the_apps_own_metrics_are_exposed(admin_client):
     assert "process_" not in text
 
 
-def test_counting_never_fails_what_it_counts():
+COUNTS = {
+    "count_messages_appended": ("user",),
+    "count_model_call": ("failed", "busy"),
+    "count_resume_failure": (resume_codes.UNKNOWN,),
+    "count_resume_code_issued": (),
+    "count_resume_code_redeemed": (),
+    "count_catch_up": ("model",),
+    "count_sessions_expired": (1,),
+    "count_fork": (),
+}
+"""Every count of metrics.py, with arguments that make it count."""
+
+
+def test_every_count_is_tried_against_an_unreachable_redis():
+    assert set(COUNTS) == {name for name in vars(metrics) if name.startswith("count_")}
+
+
+@pytest.mark.parametrize("count", COUNTS)
+def test_counting_never_fails_what_it_counts(count, caplog):
     unreachable = connect("redis://127.0.0.1:1/0")
-    metrics.count_model_call(unreachable, "done")  # logged and lost, not raised
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger=metrics.__name__):
+        getattr(metrics, count)(unreachable, *COUNTS[count])  # raises nothing
+    # Refused at once; with a hung server, two attempts of at most 0.5 s and a backoff.
+    assert time.monotonic() - started < 2
+    (record,) = [record for record in caplog.records if record.name == metrics.__name__]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith("a count was lost: ")
 
 
 def test_metrics_need_an_admin_or_the_token(make_app, real_redis):
@@ -181,3 +212,294 @@ def test_without_a_token_setting_only_admins_may_read_metrics(app, client, real_
     assert client.get("/metrics", headers={"Authorization": "Bearer None"}).status_code == 403
     assert client.get("/metrics", headers={"Authorization": "Bearer "}).status_code == 401
     scrape(admin_client_of(app, real_redis))
+
+
+# The README lists every counter, and nothing else.
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+METRIC_NAME = re.compile(r"`([a-z][a-z0-9_]*)_total(?:\{([a-z_]+)\})?`")
+"""A counter as the README writes it: `name_total`, or `name_total{label}`."""
+RESUME_FAILURE_REASONS = (
+    resume_codes.MALFORMED,
+    resume_codes.UNKNOWN,
+    resume_codes.EXPIRED,
+    resume_codes.USED,
+    resume_codes.WRONG_ACCOUNT,
+    resume_codes.RATE_LIMITED,
+    metrics.SESSION_ENDED,
+)
+
+
+def test_the_readme_lists_every_counter_and_nothing_else():
+    text = README.read_text(encoding="utf-8")
+    mentioned = METRIC_NAME.findall(text)
+    named = {name for name, _ in mentioned}
+    counters = {counter.name: counter for counter in metrics.COUNTERS}
+    assert set(counters) - named == set(), "counters the README does not list"
+    assert named - set(counters) == set(), "names the README lists that are no counter"
+    assert "`conversations{state}`" in text  # the one gauge
+    for counter in counters.values():
+        labels = {label for name, label in mentioned if name == counter.name and label}
+        assert labels == ({counter.label} if counter.label else set()), counter.name
+
+
+def test_the_readme_names_every_reason_a_resume_fails():
+    text = README.read_text(encoding="utf-8")
+    for reason in RESUME_FAILURE_REASONS:
+        assert f"`{reason}`" in text, reason
+    assert "not page views" in text
+
+
+# Every counter is moved by something a person does, over HTTP.
+
+
+def count_of(text, name, **labels):
+    """The sample's value in a scrape; 0 for a series not counted yet (a label without
+    known values shows only the values counted)."""
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0)
+
+
+def csrf_of(client, path):
+    return CSRF_FIELD.search(client.get(path).text)[1]
+
+
+def issue_code(client, conversation_id):
+    """Ask for a resume code as the idle timer does."""
+    response = client.post(
+        f"/c/{conversation_id}/park",
+        data={"csrf_token": csrf_of(client, f"/c/{conversation_id}")},
+        headers={"Accept": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    return response.json["code"]
+
+
+def enter_code(client, code):
+    """Type a code at /resume, as the form sends it."""
+    return client.post("/resume", data={"csrf_token": csrf_of(client, "/resume"), "code": code})
+
+
+def wrong_code():
+    return resume_codes.formatted(resume_codes.generate())
+
+
+def wait_for_the_session_to_end(chat, conversation_id, timeout=10):
+    """Leave the conversation idle until Redis expires its session."""
+    r = chat.client.application.extensions["redis"]
+    deadline = time.monotonic() + timeout
+    while r.exists(keys.conversation_session(conversation_id)):
+        assert time.monotonic() < deadline, "the session did not end"
+        time.sleep(0.05)
+
+
+def press_catch_me_up(chat, conversation_id):
+    """Press Catch me up, as the "Where were we?" banner posts it."""
+    page = chat.client.get(f"/c/{conversation_id}").text
+    assert "Where were we?" in page
+    form = re.search(
+        r'<form class="inline catch-up" method="post" action="([^"]+)">\s*'
+        r'<input type="hidden" name="csrf_token" value="([^"]+)">',
+        page,
+    )
+    response = chat.client.post(form[1], data={"csrf_token": form[2]})
+    assert response.status_code == 302, response.text
+
+
+@dataclass(frozen=True)
+class Person:
+    """Someone using the app: each action opens its own browser on an app of its own (the
+    counters are shared by every instance, so the admin's app sees them)."""
+
+    make_app: Callable
+    request: pytest.FixtureRequest
+
+    def chat(self, **settings) -> Chat:
+        return Chat(self.make_app(**settings).test_client())
+
+    def chat_with_claude(self) -> tuple[Chat, FakeAnthropic]:
+        """A browser on an app whose model is Claude, through the fake Messages API."""
+        app = self.request.getfixturevalue("make_claude_app")()
+        return Chat(app.test_client()), self.request.getfixturevalue("fake_anthropic")
+
+
+@pytest.fixture
+def person(make_app, request):
+    return Person(make_app, request)
+
+
+def send_a_message(person):
+    person.chat().start_conversation("Hello there")
+
+
+def meet_a_busy_model(person):
+    chat, fake_anthropic = person.chat_with_claude()
+    fake_anthropic.enqueue(Status(529, retry_after_ms=1))
+    conversation_id = chat.start_conversation("Are you there?")
+    assert chat.wait_for_reply(conversation_id) == "failed"
+
+
+def type_a_wrong_code(person):
+    assert enter_code(person.chat().client, wrong_code()).status_code == 404
+
+
+def ask_for_a_resume_code(person):
+    chat = person.chat()
+    issue_code(chat.client, chat.start_conversation("Keep this for later"))
+
+
+def resume_on_another_device(person):
+    app = person.make_app()
+    laptop, phone = Chat(app.test_client()), app.test_client()
+    code = issue_code(laptop.client, laptop.start_conversation("Carry on elsewhere"))
+    assert enter_code(phone, code).status_code == 302
+
+
+def catch_up_after_the_session_ended(person):
+    chat = person.chat(SESSION_IDLE_SECONDS=1)
+    conversation_id = chat.start_conversation("Plan my garden")
+    wait_for_the_session_to_end(chat, conversation_id)
+    press_catch_me_up(chat, conversation_id)
+
+
+SWEPT_OFTEN = {
+    "SESSION_IDLE_SECONDS": 1,
+    "SWEEP_INTERVAL_SECONDS": 0.2,
+    "RUN_HEARTBEAT_SECONDS": 0.1,
+}
+"""An app whose worker sweeps five times a second (its loop waits a heartbeat between
+passes), and whose sessions end after a second of idling."""
+
+
+def leave_a_conversation_idle(person):
+    chat = person.chat(**SWEPT_OFTEN)
+    conversation_id = chat.start_conversation("Back in a while")
+    wait_for_the_session_to_end(chat, conversation_id)  # the sweep then sees it
+
+
+def fork_from_a_message(person):
+    """Press "Fork from here" on the first message, as the page's fork form posts it."""
+    chat = person.chat()
+    conversation_id = chat.start_conversation("First question")
+    page = chat.client.get(f"/c/{conversation_id}").text
+    form = re.search(
+        r'<form id="fork" method="post" action="([^"]+)">'
+        r'<input type="hidden" name="csrf_token" value="([^"]+)">',
+        page,
+    )
+    first, *_ = re.findall(r'form="fork" name="through" value="(\d+)"', page)
+    response = chat.client.post(form[1], data={"csrf_token": form[2], "through": first})
+    assert response.status_code == 302, response.text
+    assert chat.conversation_id_of(response) != conversation_id
+
+
+@dataclass(frozen=True)
+class Moves:
+    """What moves a counter: an ``act`` of a person, and the series it moves."""
+
+    act: Callable[[Person], None]
+    labels: dict = field(default_factory=dict)
+    by_the_sweep: bool = False
+    """Counted by the worker's sweep, up to a sweep interval after ``act``."""
+
+
+ACTIONS = {
+    "messages_appended": Moves(send_a_message, {"role": "user"}),
+    "model_calls": Moves(send_a_message, {"outcome": "done"}),
+    "model_errors": Moves(meet_a_busy_model, {"kind": "busy"}),
+    "resume_failures": Moves(type_a_wrong_code, {"reason": resume_codes.UNKNOWN}),
+    "resume_codes_issued": Moves(ask_for_a_resume_code),
+    "resume_codes_redeemed": Moves(resume_on_another_device),
+    "catch_ups": Moves(catch_up_after_the_session_ended, {"outcome": "model"}),
+    "sessions_expired": Moves(leave_a_conversation_idle, by_the_sweep=True),
+    "forks": Moves(fork_from_a_message),
+}
+
+
+def test_every_counter_has_an_action_that_moves_it():
+    assert set(ACTIONS) == {counter.name for counter in metrics.COUNTERS}
+    for counter in metrics.COUNTERS:
+        labels = ACTIONS[counter.name].labels
+        assert set(labels) == ({counter.label} if counter.label else set()), counter.name
+        assert not counter.known or labels[counter.label] in counter.known, counter.name
+
+
+@pytest.mark.parametrize("name", list(ACTIONS))
+def test_every_counter_is_moved_by_something_a_person_does(name, person, admin_client):
+    moves, sample = ACTIONS[name], f"{name}_total"
+    before = count_of(scrape(admin_client), sample, **moves.labels)
+    moves.act(person)
+    deadline = time.monotonic() + (5 if moves.by_the_sweep else 0)
+    while (after := count_of(scrape(admin_client), sample, **moves.labels)) == before:
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    assert after == before + 1, f"{sample}{moves.labels}: {before} -> {after}"
+
+
+# resume_failures counts failed resumes, not page views.
+
+
+def resume_failures(text):
+    """{reason: count} of a scrape's resume_failures_total."""
+    return {
+        dict(labels)["reason"]: count
+        for (sample, labels), count in samples(text).items()
+        if sample == "resume_failures_total"
+    }
+
+
+def test_opening_an_unknown_or_a_gone_conversation_counts_nothing(chat, admin_client, real_redis):
+    gone = chat.start_conversation("Soon gone")
+    for key in real_redis.scan_iter(match=keys.conversation_keys_pattern(gone)):
+        real_redis.delete(key)  # its transcript's retention ran out
+    before = samples(scrape(admin_client))
+    for _ in range(3):
+        for conversation_id in (gone, conversations.new_id(), "no-such-conversation"):
+            assert chat.client.get(f"/c/{conversation_id}").status_code == 404
+    assert samples(scrape(admin_client)) == before
+
+
+def test_a_return_after_the_session_ended_counts_once_for_each_ended_session(
+    make_app, chat_factory, admin_client
+):
+    chat = chat_factory(make_app(SESSION_IDLE_SECONDS=2))
+    conversation_id = chat.start_conversation("Plan my garden")
+    assert "Where were we?" not in chat.client.get(f"/c/{conversation_id}").text
+    assert resume_failures(scrape(admin_client)) == {}  # an active session: no failure
+
+    def come_back_three_times():
+        for _ in range(3):
+            assert "Where were we?" in chat.client.get(f"/c/{conversation_id}").text
+        sent_anyway = chat.client.post(  # a form from before the session ended
+            f"/c/{conversation_id}/messages",
+            data={
+                "csrf_token": csrf_of(chat.client, f"/c/{conversation_id}"),
+                "text": "typed before it ended",
+                "message_id": conversations.new_id(),
+            },
+        )
+        assert sent_anyway.status_code == 409  # the page again, with the text kept
+
+    wait_for_the_session_to_end(chat, conversation_id)
+    come_back_three_times()
+    assert resume_failures(scrape(admin_client)) == {metrics.SESSION_ENDED: 1}
+
+    press_catch_me_up(chat, conversation_id)  # a new session...
+    assert "Where were we?" not in chat.client.get(f"/c/{conversation_id}").text
+    assert resume_failures(scrape(admin_client)) == {metrics.SESSION_ENDED: 1}
+    wait_for_the_session_to_end(chat, conversation_id)  # ...that ended too
+    come_back_three_times()
+    assert resume_failures(scrape(admin_client)) == {metrics.SESSION_ENDED: 2}
+
+
+def test_the_eleventh_wrong_code_in_a_minute_counts_as_rate_limited(app, admin_client):
+    intruder = app.test_client()
+    intruder.environ_base["REMOTE_ADDR"] = "10.9.9.9"
+    for _ in range(10):
+        assert enter_code(intruder, wrong_code()).status_code == 404
+    assert resume_failures(scrape(admin_client)) == {resume_codes.UNKNOWN: 10}
+    assert enter_code(intruder, wrong_code()).status_code == 429
+    assert resume_failures(scrape(admin_client)) == {
+        resume_codes.UNKNOWN: 10,
+        resume_codes.RATE_LIMITED: 1,
+    }

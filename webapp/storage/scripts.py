@@ -332,11 +332,14 @@ return 1
 NOTE_RETURN_AFTER_EXPIRY = AtomicScript(
     _CONVERSATION_FUNCTIONS
     + """
--- Notes that the owner came back to a conversation whose session has ended, once for each
--- ended session (a new session, from catching up, clears the mark).
+-- Notes that the owner came back to a conversation whose session has ended (its key gone,
+-- or past its end and not yet removed), once for each ended session (a new session, from
+-- catching up, clears the mark).
 -- KEYS[1..8] the conversation
 -- Returns 1 the first time after its session ended, else 0.
-if redis.call('EXISTS', KEYS[META]) == 0 or redis.call('EXISTS', KEYS[SESSION]) == 1 then
+local _, precise_now = now_seconds()
+local ends = tonumber(redis.call('HGET', KEYS[SESSION], 'expires_at') or '0')
+if redis.call('EXISTS', KEYS[META]) == 0 or ends > precise_now then
   return 0
 end
 return redis.call('HSETNX', KEYS[META], 'returned_after_expiry', 1)
