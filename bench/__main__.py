@@ -1,4 +1,4 @@
-"""`python -m bench`: start an embedded server, measure P1 to P7, print the table."""
+"""`python -m bench`: start an embedded server, measure P1 to P7 and P10, print the table."""
 
 import os
 import platform
@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import load, measurements, page, redemption, ttft
+from bench import caching, load, measurements, page, redemption, ttft
 from bench.report import Row, duration, ratio, render
 from webapp.conversations import DEDUPE_WINDOW
 from webapp.storage import connect
@@ -295,6 +295,30 @@ def p7_notes(weight: page.Weight, parts: dict[str, int]) -> list[str]:
     ]
 
 
+def p10_row(result: caching.Caching) -> Row:
+    """P10: the 20th turn's input tokens as billed, prompt caching on and off."""
+    return Row(
+        "P10",
+        f"input tokens billed for turn {caching.TURNS} of a conversation, prompt caching "
+        f"({caching.CACHE_TTL}) on vs off",
+        f"{caching.billed_input(result.cached):,.0f}",
+        f"{caching.billed_input(result.uncached):,.0f}",
+        ratio(result.ratio),
+        "≤ 0.2",
+        result.ratio <= 0.2,
+    )
+
+
+def p10_note(result: caching.Caching) -> str:
+    on, off = result.cached, result.uncached
+    return (
+        f"P10: the fake Messages API's usage of turn {caching.TURNS}, cached: "
+        f"{on.input_tokens:,} input + {on.cache_write_tokens:,} written "
+        f"(×{caching.WRITE_PRICE}) + {on.cache_read_tokens:,} read (×{caching.READ_PRICE}); "
+        f"uncached: {off.input_tokens:,} input."
+    )
+
+
 def main() -> None:
     """Run every measurement on a fresh embedded server and print the table."""
     started = time.perf_counter()
@@ -311,6 +335,7 @@ def main() -> None:
             first = ttft.first_token(url, Path(data_dir) / "app")
             pages = page.conversation_page(url, Path(data_dir) / "page")
             redeeming = redemption.redemption_latency(url, Path(data_dir) / "p5")
+            cache_use = caching.twentieth_turn()
         finally:
             server.stop()
     print(f"Resume Chat benchmark: {facts}")
@@ -326,6 +351,7 @@ def main() -> None:
                 *redemption.p5_rows(redeeming),
                 p6_row(trips),
                 *p7_rows(pages.weight),
+                p10_row(cache_use),
             ]
         )
     )
@@ -338,6 +364,7 @@ def main() -> None:
         *redemption.p5_notes(redeeming),
         *p6_notes(trips),
         *p7_notes(pages.weight, pages.html_parts),
+        p10_note(cache_use),
     ]:
         print(note)
     print(f"\nFinished in {time.perf_counter() - started:.1f} s.")

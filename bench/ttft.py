@@ -59,7 +59,7 @@ class _TimedHandler(fake_anthropic._Handler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _event(self, event_type: str, data: dict) -> None:
-        if event_type == "content_block_delta":
+        if event_type == "content_block_delta" and data["delta"]["type"] == "text_delta":
             self.fake.first_deltas.setdefault(self.received.number, time.perf_counter())
         super()._event(event_type, data)
 
@@ -73,11 +73,14 @@ class TimedFake(FakeAnthropic):
         self.latest = 0
         """The number of the newest request received."""
         super().__init__()
+        # The first token is the first text: the model's thinking, which the page shows only
+        # as "Thinking…", is left out of both sides.
+        self.thinking = None
         self._server.RequestHandlerClass = _TimedHandler
 
-    def _receive(self, body: dict, headers: dict[str, str]):
+    def _receive(self, request):
         arrived = time.perf_counter()
-        received = super()._receive(body, headers)
+        received = super()._receive(request)
         self.arrivals[received.number] = arrived
         self.latest = received.number
         return received
@@ -307,6 +310,9 @@ def _sdk_stream(client: anthropic.Anthropic):
         max_tokens=config.DEFAULTS["MAX_TOKENS"],
         system=config.DEFAULTS["SYSTEM_PROMPT"],
         messages=[{"role": "user", "content": USER_TEXT}],
+        thinking={"type": "adaptive", "display": "omitted"},
+        output_config={"effort": config.DEFAULTS["THINKING_EFFORT"]},
+        cache_control={"type": "ephemeral", "ttl": config.DEFAULTS["PROMPT_CACHE_TTL"]},
     )
 
 

@@ -6,13 +6,20 @@ function watchRun() {
   const run = document.getElementById("run");
   if (!run || !window.EventSource) return;
   const text = document.getElementById("run-text");
+  const status = document.getElementById("run-status");
   const source = new EventSource(run.dataset.events + "?after=" + encodeURIComponent(run.dataset.after));
   source.onmessage = (event) => {
+    if (status) status.textContent = "writing…";
     text.textContent += JSON.parse(event.data).text;
   };
+  source.addEventListener("phase", (event) => {
+    if (status && JSON.parse(event.data).phase === "thinking") status.textContent = "Thinking…";
+  });
   source.addEventListener("end", () => {
     source.close();
-    refreshConversation();
+    // A catch-up changes the whole page (the banner gives way to the message box).
+    if (run.dataset.kind === "catch_up") location.reload();
+    else refreshConversation();
   });
   source.onerror = () => {
     // EventSource reconnects by itself (with Last-Event-ID); it gives up on an error page.

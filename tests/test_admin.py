@@ -8,7 +8,9 @@ from html import unescape
 import pytest
 from redis.connection import Connection
 
+from tests.conftest import Chat
 from webapp import accounts, conversations
+from webapp.admin import listing
 from webapp.storage import keys
 
 PASSWORD = "correct horse battery"
@@ -54,6 +56,7 @@ def rows(html):
             "state": re.search(r'class="state state-(\w+)"', row)[1],
             "messages": int(re.search(r'<td class="num">(\d+)</td>', row)[1]),
             "bytes": int(re.search(r'data-bytes="(\d+)"', row)[1]),
+            "tokens": int(re.search(r'data-tokens="(\d+)"', row)[1]),
             "session_ttl": int(session_ttl) if session_ttl else None,
             "transcript_ttl": int(transcript_ttl) if transcript_ttl else None,
         }
@@ -583,3 +586,19 @@ def test_a_parked_conversation_is_listed_so_and_clearing_it_deletes_its_code(
     )
     assert entry.status_code == 404
     assert "There is no conversation for that code." in entry.text
+
+
+def test_the_console_shows_the_tokens_each_conversation_was_billed_for(
+    make_claude_app, real_redis, fake_anthropic
+):
+    app = make_claude_app()
+    make_user(real_redis, "root", admin=True)
+    admin = log_in(app.test_client(), "root")
+    chat = Chat(app.test_client())
+    talked = chat.start_conversation("How long do tides take?")
+    chat.send(talked, "And spring tides?")
+    chat.wait_for_reply(talked)
+    meta = real_redis.hgetall(keys.conversation_meta(talked))
+    billed = sum(int(meta.get(field, 0)) for field in listing.TOKEN_FIELDS)
+    assert billed > 0
+    assert rows(admin.get("/admin").text)[talked]["tokens"] == billed

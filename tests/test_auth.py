@@ -276,7 +276,7 @@ def test_sends_refused_while_a_reply_is_written_use_up_no_model_calls(
         assert chat.send(conversation_id, text).status_code == 302, text
         chat.wait_for_reply(conversation_id)
     assert chat.send(conversation_id, "four, too many").status_code == 429
-    assert len(fake_anthropic.requests) == 3
+    assert len(fake_anthropic.message_requests) == 3
 
 
 def test_a_repeated_message_uses_up_no_model_call(make_claude_app, chat_factory, fake_anthropic):
@@ -288,7 +288,7 @@ def test_a_repeated_message_uses_up_no_model_call(make_claude_app, chat_factory,
     assert chat.send(conversation_id, "three").status_code == 302
     chat.wait_for_reply(conversation_id)
     assert chat.send(conversation_id, "four, too many").status_code == 429
-    assert len(fake_anthropic.requests) == 3
+    assert len(fake_anthropic.message_requests) == 3
 
 
 def test_closed_registration_and_no_guests(make_app):

@@ -12,7 +12,7 @@ from tests.fake_anthropic import Status
 from tests.test_runs import SETTINGS as TEST_RUN_SETTINGS
 from webapp import conversations, lifecycle, resume_codes, runs
 from webapp.conversations import Lifetimes, Message
-from webapp.llm import NOTE_INTRODUCTION
+from webapp.llm import END_TURN, NOTE_INTRODUCTION, Finished, Usage
 from webapp.llm.offline import OfflineProvider
 from webapp.storage import keys
 
@@ -38,9 +38,12 @@ def page_of(chat, conversation_id):
 
 
 def catch_up(chat, conversation_id):
+    """Press Catch me up, and wait for the summary being written in the background."""
     page = chat.client.get(f"/c/{conversation_id}").text
     token = page.split('name="csrf_token" value="')[1].split('"')[0]
-    return chat.client.post(f"/c/{conversation_id}/catch-up", data={"csrf_token": token})
+    response = chat.client.post(f"/c/{conversation_id}/catch-up", data={"csrf_token": token})
+    chat.wait_for_reply(conversation_id)
+    return response
 
 
 def test_an_active_session_shows_when_it_would_end(short_chat):
@@ -128,14 +131,14 @@ def test_with_claude_the_summary_uses_the_restore_prompt_and_seeds_the_system_pr
     wait_for_session_to_expire(real_redis, conversation_id)
     fake_anthropic.reply_text = "Goal: a trip to Porto. Next: book a hotel."
     catch_up(chat, conversation_id)
-    summary_request = fake_anthropic.requests[-1].body
+    summary_request = fake_anthropic.message_requests[-1].body
     assert summary_request["model"] == app.config["SUMMARY_MODEL"]
     assert "Goal:" in summary_request["system"] and "Open questions" in summary_request["system"]
     assert "Help me plan a trip to Porto" in summary_request["messages"][0]["content"]
     fake_anthropic.reply_text = "Shall we look at hotels?"
     chat.send(conversation_id, "Where should I stay?")
     chat.wait_for_reply(conversation_id)
-    reply_request = fake_anthropic.requests[-1].body
+    reply_request = fake_anthropic.message_requests[-1].body
     assert reply_request["system"].endswith(
         f"{NOTE_INTRODUCTION}\nGoal: a trip to Porto. Next: book a hotel."
     )
@@ -248,6 +251,53 @@ def test_exactly_at_the_budget_nothing_is_compacted(redis, lifetimes):
     assert provider.summarised == []
 
 
+class CountingOffline(RecordingOffline):
+    """The offline model, but counting tokens as a model with another tokenizer would."""
+
+    def __init__(self, tokens):
+        super().__init__()
+        self.tokens, self.counted = tokens, 0
+
+    def count_tokens(self, turns, note=""):
+        self.counted += 1
+        return self.tokens
+
+
+def test_with_no_reported_size_the_models_count_decides(redis, lifetimes):
+    texts = [f"message {i} " + "x" * 70 for i in range(10)]  # about 200 tokens, estimated
+    conversation_id = fill(redis, lifetimes, texts)
+    small = CountingOffline(tokens=150)
+    lifecycle.reply_context(redis, small, conversation_id, budget_tokens=180)
+    assert (small.counted, small.summarised) == (1, [])
+    large = CountingOffline(tokens=5000)  # the estimate would have said 200: within budget
+    lifecycle.reply_context(redis, large, conversation_id, budget_tokens=300)
+    assert large.counted == 1 and large.summarised
+
+
+def test_a_context_far_within_its_budget_costs_no_count(redis, lifetimes):
+    conversation_id = fill(redis, lifetimes, ["A short question?"])
+    provider = CountingOffline(tokens=5000)
+    lifecycle.reply_context(redis, provider, conversation_id, budget_tokens=1000)
+    assert (provider.counted, provider.summarised) == (0, [])
+
+
+def test_the_size_the_model_reported_for_the_last_reply_decides(redis, lifetimes):
+    conversation_id = fill(redis, lifetimes, [f"message {i} " + "x" * 70 for i in range(9)])
+    run = runs.start_run(
+        redis, conversation_id, OWNER, lifetimes, TEST_RUN_SETTINGS, user_message=turn("user", "q")
+    )
+    runs.add_chunk(redis, run, "short answer", TEST_RUN_SETTINGS)
+    reported = Finished(END_TURN, Usage(input_tokens=20, cache_read_tokens=4000), "m")
+    runs.finish_run(redis, run, runs.DONE, lifetimes, TEST_RUN_SETTINGS, finished=reported)
+    session = lifecycle.read_session(redis, conversation_id)
+    assert (session.context_tokens, session.context_tokens_through) == (4020, 11)
+    provider = CountingOffline(tokens=1)
+    lifecycle.reply_context(redis, provider, conversation_id, budget_tokens=1000)
+    assert provider.counted == 0  # the report was used, not a count
+    assert provider.summarised  # 4,020 tokens reported: over the budget
+    assert lifecycle.read_session(redis, conversation_id).context_tokens == 0  # stale now
+
+
 # Every key of a conversation has the TTL it should, after any sequence of writes.
 
 LIFETIMES = Lifetimes(session_idle=100, session_max=1000, transcript_retention=10_000)
@@ -272,7 +322,8 @@ def test_property_every_key_has_its_lifetime_after_any_writes(redis, sequence):
             lifecycle.catch_up(
                 redis,
                 provider,
-                conversations.get_conversation(redis, conversation_id),
+                conversation_id,
+                OWNER,
                 LIFETIMES,
                 10_000,
             )
@@ -343,7 +394,7 @@ def write_to(redis, provider, conversation_id, step):
         resume_codes.redeem_for(redis, digest, OWNER, LIFETIMES)
     elif step == "catch_up":
         redis.delete(keys.conversation_session(conversation_id))  # what expiry does
-        lifecycle.catch_up(redis, provider, conversation, LIFETIMES, 10_000)
+        lifecycle.catch_up(redis, provider, conversation_id, OWNER, LIFETIMES, 10_000)
     elif step == "fork" and conversation.message_count:
         conversations.fork_conversation(redis, conversation_id, OWNER, 0, LIFETIMES)
 
@@ -550,7 +601,8 @@ def test_the_sweep_counts_each_expired_session_once_with_scan(real_redis, lifeti
     lifecycle.catch_up(
         real_redis,
         OfflineProvider(),
-        conversations.get_conversation(real_redis, ending),
+        ending,
+        OWNER,
         short,
         1000,
     )

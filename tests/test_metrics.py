@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import CSRF_FIELD, Chat
 from tests.fake_anthropic import FakeAnthropic, Status, StreamError
 from webapp import accounts, conversations, metrics, resume_codes
+from webapp.llm import Usage
 from webapp.storage import connect, keys
 
 PASSWORD = "correct horse battery"
@@ -101,9 +102,9 @@ def test_resume_codes_catch_ups_and_resume_failures_by_reason(admin_client, real
     metrics.count_resume_code_issued(real_redis)
     metrics.count_resume_code_issued(real_redis)
     metrics.count_resume_code_redeemed(real_redis)
-    metrics.count_catch_up(real_redis, "model")
-    metrics.count_catch_up(real_redis, "extractive")
-    metrics.count_catch_up(real_redis, "extractive")
+    metrics.count_catch_up(real_redis, "model", 300, 12_000)
+    metrics.count_catch_up(real_redis, "extractive", 50, 900)
+    metrics.count_catch_up(real_redis, "extractive", 50, 900)
     for reason in ("unknown", "unknown", "expired"):
         metrics.count_resume_failure(real_redis, reason)
 
@@ -167,7 +168,8 @@ COUNTS = {
     "count_resume_failure": (resume_codes.UNKNOWN,),
     "count_resume_code_issued": (),
     "count_resume_code_redeemed": (),
-    "count_catch_up": ("model",),
+    "count_catch_up": ("model", 300, 12_000),
+    "count_model_tokens": ("claude-sonnet-5-5", Usage(input_tokens=10, output_tokens=5)),
     "count_sessions_expired": (1,),
     "count_fork": (),
 }
@@ -217,8 +219,8 @@ def test_without_a_token_setting_only_admins_may_read_metrics(app, client, real_
 # The README lists every counter, and nothing else.
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-METRIC_NAME = re.compile(r"`([a-z][a-z0-9_]*)_total(?:\{([a-z_]+)\})?`")
-"""A counter as the README writes it: `name_total`, or `name_total{label}`."""
+METRIC_NAME = re.compile(r"`([a-z][a-z0-9_]*)_total(?:\{([a-z_,]+)\})?`")
+"""A counter as the README writes it: `name_total`, or `name_total{label,label}`."""
 RESUME_FAILURE_REASONS = (
     resume_codes.MALFORMED,
     resume_codes.UNKNOWN,
@@ -240,7 +242,7 @@ def test_the_readme_lists_every_counter_and_nothing_else():
     assert "`conversations{state}`" in text  # the one gauge
     for counter in counters.values():
         labels = {label for name, label in mentioned if name == counter.name and label}
-        assert labels == ({counter.label} if counter.label else set()), counter.name
+        assert labels == ({",".join(counter.labels)} if counter.labels else set()), counter.name
 
 
 def test_the_readme_names_every_reason_a_resume_fails():
@@ -303,6 +305,7 @@ def press_catch_me_up(chat, conversation_id):
     )
     response = chat.client.post(form[1], data={"csrf_token": form[2]})
     assert response.status_code == 302, response.text
+    chat.wait_for_reply(conversation_id)  # the summary is written in the background
 
 
 @dataclass(frozen=True)
@@ -336,6 +339,12 @@ def meet_a_busy_model(person):
     fake_anthropic.enqueue(Status(529, retry_after_ms=1))
     conversation_id = chat.start_conversation("Are you there?")
     assert chat.wait_for_reply(conversation_id) == "failed"
+
+
+def ask_claude(person):
+    chat, _ = person.chat_with_claude()
+    conversation_id = chat.start_conversation("How far is the moon?")
+    assert chat.wait_for_reply(conversation_id) == "done"
 
 
 def type_a_wrong_code(person):
@@ -400,6 +409,8 @@ class Moves:
     labels: dict = field(default_factory=dict)
     by_the_sweep: bool = False
     """Counted by the worker's sweep, up to a sweep interval after ``act``."""
+    by_amount: bool = False
+    """Moved by an amount (tokens), not by one."""
 
 
 ACTIONS = {
@@ -412,6 +423,10 @@ ACTIONS = {
     "catch_ups": Moves(catch_up_after_the_session_ended, {"outcome": "model"}),
     "sessions_expired": Moves(leave_a_conversation_idle, by_the_sweep=True),
     "forks": Moves(fork_from_a_message),
+    "model_tokens": Moves(
+        ask_claude, {"model": "claude-sonnet-5-5", "kind": "output"}, by_amount=True
+    ),
+    "catch_up_tokens": Moves(catch_up_after_the_session_ended, {"kind": "history"}, by_amount=True),
 }
 
 
@@ -419,8 +434,8 @@ def test_every_counter_has_an_action_that_moves_it():
     assert set(ACTIONS) == {counter.name for counter in metrics.COUNTERS}
     for counter in metrics.COUNTERS:
         labels = ACTIONS[counter.name].labels
-        assert set(labels) == ({counter.label} if counter.label else set()), counter.name
-        assert not counter.known or labels[counter.label] in counter.known, counter.name
+        assert set(labels) == set(counter.labels), counter.name
+        assert not counter.known or labels[counter.labels[0]] in counter.known, counter.name
 
 
 @pytest.mark.parametrize("name", list(ACTIONS))
@@ -433,7 +448,10 @@ def test_every_counter_is_moved_by_something_a_person_does(name, person, admin_c
         if time.monotonic() >= deadline:
             break
         time.sleep(0.05)
-    assert after == before + 1, f"{sample}{moves.labels}: {before} -> {after}"
+    if moves.by_amount:
+        assert after > before, f"{sample}{moves.labels}: {before} -> {after}"
+    else:
+        assert after == before + 1, f"{sample}{moves.labels}: {before} -> {after}"
 
 
 # resume_failures counts failed resumes, not page views.

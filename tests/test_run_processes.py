@@ -17,6 +17,7 @@ import pytest
 from tests.app_server import AppServer
 from tests.fake_anthropic import carrying_on
 from webapp import conversations, runs
+from webapp.llm import carry_on_request
 from webapp.storage import keys
 
 REPLY = (
@@ -218,7 +219,7 @@ def continue_and_complete(
 ) -> None:
     """Press Continue: a new run carries on from the partial text (prefilled) to the whole
     REPLY, stored in place of the partial message."""
-    requests_before = len(fake.requests)
+    requests_before = len(fake.message_requests)
     client.press(conversation_id, "Continue")
     done = wait_for_new_run_to_end(r, conversation_id, run.id)
     assert done.status == runs.DONE, done
@@ -229,10 +230,11 @@ def continue_and_complete(
         ("assistant", REPLY, None),
     ]
     assert messages[-1].id == run.message_id  # replaced in place, not appended
-    (continuation,) = fake.requests[requests_before:]
+    (continuation,) = fake.message_requests[requests_before:]
     assert continuation.body["messages"] == [
         {"role": "user", "content": QUESTION},
         {"role": "assistant", "content": partial.rstrip()},
+        {"role": "user", "content": carry_on_request(partial)},  # it ends with a user turn
     ]
     assert "This reply was interrupted" not in client.get(f"/c/{conversation_id}")
 
@@ -319,7 +321,7 @@ def test_stop_from_another_instance_ends_the_writer_on_the_first(start_app, real
     events = real_redis.xrange(keys.run_events(conversation_id, run.id))
     assert events[-1][1] == {"status": runs.STOPPED, "error_kind": ""}
     assert "".join(fields.get("t", "") for _, fields in events) == partial
-    assert len(fake.requests) == 1
+    assert len(fake.message_requests) == 1
     assert not runs.latest_run(real_redis, conversation_id).running
 
 
@@ -350,7 +352,7 @@ def read_to_end(events: Iterator[dict], seen: list[dict]) -> list[dict]:
 
 
 def text_of(events: list[dict]) -> str:
-    return "".join(json.loads(e["data"])["text"] for e in events if e.get("event") != "end")
+    return "".join(json.loads(e["data"])["text"] for e in events if "event" not in e)
 
 
 def test_watchers_on_another_instance_get_the_reply_exactly_once(start_app, real_redis, fake):
@@ -380,7 +382,8 @@ def test_watchers_on_another_instance_get_the_reply_exactly_once(start_app, real
         assert text_of(chunks) == text
         ids = [e["id"] for e in events]
         assert len(set(ids)) == len(ids)
-        assert all(e.get("event") is None for e in chunks)
+        # Text chunks, and the phase events that say Claude is thinking (never text).
+        assert all(e.get("event") in (None, "phase") for e in chunks)
         assert end["event"] == "end"
         assert json.loads(end["data"]) == {"status": runs.DONE, "error_kind": ""}
     assert after_middle[0]["id"] == seen[2]["id"]

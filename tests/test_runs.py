@@ -7,11 +7,21 @@ import pytest
 
 from webapp import conversations, runs
 from webapp.conversations import ConversationGone, Message
-from webapp.llm import ModelBusy, ModelStreamBroken
+from webapp.llm import (
+    END_TURN,
+    MAX_TOKENS,
+    REFUSAL,
+    Finished,
+    ModelBusy,
+    ModelStreamBroken,
+    Thinking,
+    Usage,
+)
 from webapp.runs import RunInProgress, RunSettings
 from webapp.storage import keys
 
 OWNER = "guest:runner"
+USAGE = Usage(input_tokens=40, cache_write_tokens=0, cache_read_tokens=1000, output_tokens=25)
 SETTINGS = RunSettings(
     max_events=100,
     events_ttl_after_end=30,
@@ -35,18 +45,26 @@ def start(redis, conversation_id, lifetimes, **how):
 
 
 class ScriptedProvider:
-    """Yields the given chunks, then raises ``error`` if given."""
+    """Yields the given chunks (and a sign of thinking first, with ``thinks``), then raises
+    ``error`` if given, or ends with ``stop_reason``."""
 
     name = "scripted"
 
-    def __init__(self, chunks, error=None):
-        self.chunks, self.error, self.seen = chunks, error, []
+    def __init__(self, chunks, error=None, stop_reason=END_TURN, thinks=False):
+        self.chunks, self.error, self.stop_reason, self.thinks = chunks, error, stop_reason, thinks
+        self.seen = []
 
-    def stream_reply(self, turns, prefix="", note=""):
-        self.seen.append(([(t.role, t.content) for t in turns], prefix))
+    def stream_reply(self, turns, note="", partial=""):
+        self.seen.append(([(t.role, t.content) for t in turns], partial))
+        if self.thinks:
+            yield Thinking()
         yield from self.chunks
         if self.error:
             raise self.error
+        yield Finished(self.stop_reason, USAGE, "scripted-model")
+
+    def count_tokens(self, turns, note=""):
+        return 10
 
 
 def test_start_stores_the_message_and_a_running_run(redis, conversation_id, lifetimes):
@@ -139,7 +157,7 @@ def test_writer_that_finds_its_run_stopped_leaves_it_stopped(redis, conversation
     run = start(redis, conversation_id, lifetimes, user_message=user_message())
 
     class StopsMidway(ScriptedProvider):
-        def stream_reply(self, turns, prefix="", note=""):
+        def stream_reply(self, turns, note="", partial=""):
             yield "Before "
             runs.request_stop(redis, run, lifetimes, SETTINGS)
             yield "after"
@@ -176,7 +194,7 @@ def test_continue_replaces_the_partial_with_the_whole_reply(redis, conversation_
     assert (
         runs.write_reply(redis, rest, again, lifetimes, SETTINGS, prefix=partial.content) == "done"
     )
-    assert rest.seen[0] == ([("user", "Tell me about tides")], "The first half")
+    assert rest.seen[0] == ([("user", "Tell me about tides")], "The first half")  # the partial
     stored = conversations.read_messages(redis, conversation_id)
     assert [m.role for m in stored] == ["user", "assistant"]
     assert (stored[-1].id, stored[-1].content, stored[-1].status) == (
@@ -255,3 +273,90 @@ def test_a_watcher_of_a_run_with_no_events_left_ends(redis, conversation_id, lif
     runs.finish_run(redis, run, runs.FAILED, lifetimes, SETTINGS)
     redis.delete(keys.run_events(conversation_id, run.id))
     assert list(runs.follow(redis, conversation_id, run.id, "0-0", block_ms=10)) == []
+
+
+# How a reply ends: what the model said of its end decides what the page offers.
+
+
+def test_a_reply_cut_off_at_its_length_limit_keeps_its_text_marked_cut_off(
+    redis, conversation_id, lifetimes
+):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    provider = ScriptedProvider(["Tides rise ", "twice a"], stop_reason=MAX_TOKENS)
+    assert runs.write_reply(redis, provider, run, lifetimes, SETTINGS) == runs.CUT_OFF
+    reply = conversations.read_messages(redis, conversation_id)[-1]
+    assert (reply.content, reply.status) == ("Tides rise twice a", runs.CUT_OFF)
+    assert runs.CUT_OFF in runs.ENDED_EARLY
+
+
+@pytest.mark.parametrize("chunks", [[], ["I can't"]])
+def test_a_declined_reply_is_never_a_finished_empty_one(redis, conversation_id, lifetimes, chunks):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    provider = ScriptedProvider(chunks, stop_reason=REFUSAL)
+    assert runs.write_reply(redis, provider, run, lifetimes, SETTINGS) == runs.DECLINED
+    stored = conversations.read_messages(redis, conversation_id)
+    assert all(m.status == runs.DECLINED for m in stored if m.role == "assistant")
+    assert [m.content for m in stored if m.role == "assistant"] == ["".join(chunks)] * bool(chunks)
+    assert runs.latest_run(redis, conversation_id).status == runs.DECLINED
+
+
+@pytest.mark.parametrize("stop_reason", [END_TURN, "stop_sequence", "pause_turn"])
+def test_no_text_at_all_fails_the_run_whatever_the_reason(
+    redis, conversation_id, lifetimes, stop_reason
+):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    provider = ScriptedProvider(["", " "][:1], stop_reason=stop_reason)
+    assert runs.write_reply(redis, provider, run, lifetimes, SETTINGS) == runs.FAILED
+    assert [m.role for m in conversations.read_messages(redis, conversation_id)] == ["user"]
+
+
+def test_thinking_is_told_to_watchers_and_never_stored(redis, conversation_id, lifetimes):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    provider = ScriptedProvider(["Because ", "of the moon."], thinks=True)
+    assert runs.write_reply(redis, provider, run, lifetimes, SETTINGS) == runs.DONE
+    events = runs.read_events(redis, conversation_id, run.id, "0-0", block_ms=10)
+    assert [e.phase for e in events][:1] == [runs.THINKING]
+    assert "".join(e.text for e in events) == "Because of the moon."
+    assert conversations.read_messages(redis, conversation_id)[-1].content == "Because of the moon."
+
+
+def test_the_tokens_billed_are_kept_with_the_run_and_the_conversation(
+    redis, conversation_id, lifetimes
+):
+    for _ in range(2):
+        run = start(redis, conversation_id, lifetimes, user_message=user_message())
+        runs.write_reply(redis, ScriptedProvider(["Yes."]), run, lifetimes, SETTINGS)
+    assert runs.latest_run(redis, conversation_id).usage == USAGE
+    meta = redis.hgetall(keys.conversation_meta(conversation_id))
+    assert int(meta["cache_read_tokens"]) == 2 * USAGE.cache_read_tokens
+    assert int(meta["output_tokens"]) == 2 * USAGE.output_tokens
+
+
+@pytest.mark.parametrize(
+    ("continuation", "joined"),
+    [
+        (" and the second half.", "The first half and the second half."),
+        # The model repeats the last words before carrying on: they appear once.
+        ("The first half and the second half.", "The first half and the second half."),
+        (" first half and the second half.", "The first half and the second half."),
+        # A short chance match is not taken for a repetition.
+        ("half-moon tides come next.", "The first halfhalf-moon tides come next."),
+    ],
+)
+def test_continue_joins_the_partial_and_the_rest_with_no_word_lost_or_repeated(
+    redis, conversation_id, lifetimes, continuation, joined
+):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    broken = ScriptedProvider(["The first ", "half"], error=ModelStreamBroken("cut"))
+    runs.write_reply(redis, broken, run, lifetimes, SETTINGS)
+    partial = conversations.read_messages(redis, conversation_id)[-1].content
+    again = start(
+        redis,
+        conversation_id,
+        lifetimes,
+        replacing=runs.latest_run(redis, conversation_id),
+        prefix=partial,
+    )
+    words = [continuation[i : i + 5] for i in range(0, len(continuation), 5)]
+    runs.write_reply(redis, ScriptedProvider(words), again, lifetimes, SETTINGS, prefix=partial)
+    assert conversations.read_messages(redis, conversation_id)[-1].content == joined

@@ -8,8 +8,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from webapp.llm import ModelBusy, ModelError, ModelMisconfigured, ModelStreamBroken
-from webapp.summaries import EXTRACTIVE, MODEL, Summary, estimate_tokens, summarise
+from webapp.llm import (
+    END_TURN,
+    MAX_TOKENS,
+    ModelBusy,
+    ModelError,
+    ModelMisconfigured,
+    ModelStreamBroken,
+    SummaryText,
+    Usage,
+)
+from webapp.llm.offline import estimate_tokens
+from webapp.summaries import EXTRACTIVE, MODEL, Summary, summarise
 
 
 @dataclass(frozen=True)
@@ -25,18 +35,33 @@ TURNS = (
 )
 
 
+USAGE = Usage(input_tokens=1200, cache_read_tokens=300, output_tokens=90)
+
+
 class Answering:
-    """A provider whose summary is ``text``; it records the turns it was asked about."""
+    """A provider whose summary is ``text``, stopping for ``stop_reason``; it records the
+    turns it was asked about."""
 
     name = "answering model"
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, text: str, stop_reason: str = END_TURN) -> None:
+        self.text, self.stop_reason = text, stop_reason
         self.asked: list[list[Turn]] = []
 
     def summarise(self, turns):
         self.asked.append(list(turns))
-        return self.text
+        return SummaryText(self.text, self.stop_reason, USAGE)
+
+
+def extractive(llm, turns):
+    """The local fallback's summary of ``turns``, with its estimated sizes."""
+    text = llm.summarise(turns).text
+    return Summary(
+        text,
+        EXTRACTIVE,
+        estimate_tokens([text]),
+        estimate_tokens([turn.content for turn in turns]),
+    )
 
 
 class Failing:
@@ -54,8 +79,14 @@ class Failing:
 def test_the_models_summary_is_used_when_it_answers():
     provider = Answering("  The user is planning a spring trip to Lisbon.\n")
     summary = summarise(provider, TURNS)
-    assert summary == Summary("The user is planning a spring trip to Lisbon.", MODEL)
+    # Its sizes are the counts the model reported: what it wrote, and all it read.
+    assert summary == Summary("The user is planning a spring trip to Lisbon.", MODEL, 90, 1500)
     assert provider.asked == [list(TURNS)]
+
+
+def test_a_summary_cut_off_at_its_length_limit_is_not_used(llm):
+    summary = summarise(Answering("Goal: Lisbon. Done so far: tram", MAX_TOKENS), TURNS)
+    assert summary == extractive(llm, TURNS)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +101,7 @@ def test_the_models_summary_is_used_when_it_answers():
 )
 def test_a_model_error_falls_back_to_the_local_extractive_summary(llm, error):
     summary = summarise(Failing(error), TURNS)
-    assert summary == Summary(llm.summarise(TURNS), EXTRACTIVE)
+    assert summary == extractive(llm, TURNS)
     # The fallback still carries the conversation's goal, so a new session can start from it.
     assert "Plan a trip to Lisbon in spring." in summary.text
 
@@ -79,7 +110,7 @@ def test_a_model_error_falls_back_to_the_local_extractive_summary(llm, error):
 def test_a_blank_answer_falls_back_to_the_local_extractive_summary(llm, blank):
     provider = Answering(blank)
     summary = summarise(provider, TURNS)
-    assert summary == Summary(llm.summarise(TURNS), EXTRACTIVE)
+    assert summary == extractive(llm, TURNS)
     assert provider.asked == [list(TURNS)]
 
 
@@ -88,7 +119,7 @@ def test_the_fallback_summarises_the_turns_it_was_given(llm):
     other = (Turn("user", "Help me write a cover letter."),)
     first = summarise(Failing(ModelBusy("busy")), TURNS)
     second = summarise(Failing(ModelBusy("busy")), other)
-    assert second == Summary(llm.summarise(other), EXTRACTIVE)
+    assert second == extractive(llm, other)
     assert first.text != second.text
 
 

@@ -51,6 +51,7 @@ def create_app(test_config: dict | None = None, background: bool = True) -> Flas
         calls_per_minute=int(app.config["MODEL_CALLS_PER_MINUTE"]),
     )
     if background:
+        provider.unavailable_models()  # checked once, at start-up: a wrong id is logged now
         worker.start_background()
     rendering.init_app(app)
     security.init_app(app)

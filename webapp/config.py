@@ -46,11 +46,22 @@ DEFAULTS = {
     "PAGE_SIZE": 50,
     # The system prompt of every reply.
     "SYSTEM_PROMPT": "You are a helpful assistant. Answer clearly and concisely.",
-    # The longest reply, in tokens.
-    "MAX_TOKENS": 4096,
+    # The longest reply, in tokens, thinking included (Claude thinks before it answers on the
+    # 5.x models, and those tokens count toward this limit).
+    "MAX_TOKENS": 16_000,
+    # How hard Claude thinks before a reply: low, medium, high, xhigh or max (the API's
+    # output_config.effort). Summaries always ask for low.
+    "THINKING_EFFORT": "high",
+    # The longest summary (Catch me up, compaction), in tokens, thinking included.
+    "SUMMARY_MAX_TOKENS": 4000,
+    # How long the conversation so far stays in Claude's prompt cache: 5m or 1h (reads
+    # cost a tenth of input; writes 1.25x for 5m, 2x for 1h), or off.
+    "PROMPT_CACHE_TTL": "5m",
     # How long to wait for Claude to answer (each read of the stream), and how often the
     # client retries overloaded, rate-limited and failed requests before giving up.
     "ANTHROPIC_TIMEOUT_SECONDS": 60,
+    # How long to wait for a summary (Catch me up, compaction).
+    "SUMMARY_TIMEOUT_SECONDS": 60,
     "ANTHROPIC_MAX_RETRIES": 2,
     # The offline model's pause between chunks, so replies visibly stream.
     "OFFLINE_CHUNK_DELAY_SECONDS": 0.05,
@@ -69,8 +80,9 @@ DEFAULTS = {
     "SWEEP_INTERVAL_SECONDS": 300,
     # Replies written at once by one process.
     "RUN_THREADS": 16,
-    # The working context's budget, in estimated tokens (about four characters each): above
-    # it, its oldest part is replaced by a summary.
+    # The working context's budget, in tokens as the model counts them (the last reply's
+    # reported input, or a count; the offline model estimates): above it, its oldest part
+    # is replaced by a summary.
     "CONTEXT_BUDGET_TOKENS": 100_000,
     # Conversations per page of the admin console.
     "ADMIN_PAGE_SIZE": 50,

@@ -60,8 +60,13 @@ class Message:
     content: str
     created_at: float
     status: str | None = None
-    """None for a whole message; for a reply cut short, how its run ended (stopped,
-    interrupted, failed); for a note, what wrote it (model, extractive, browser)."""
+    """None for a whole message; for a reply short of whole, how its run ended (stopped,
+    interrupted, failed, cut_off, declined); for a note, what wrote it (model, extractive,
+    browser)."""
+    tokens: int | None = None
+    """For a note: the summary's size in tokens."""
+    replaced_tokens: int | None = None
+    """For a note: the size in tokens of the history it stands for."""
 
     def to_json(self) -> str:
         """Compact JSON, as stored in the messages list; fields left at None are omitted."""

@@ -27,7 +27,8 @@ from webapp.conversations import (
     queue_owner_index,
     read_messages,
 )
-from webapp.llm import Provider
+from webapp.llm import ModelError, Provider
+from webapp.llm.offline import estimate_tokens
 from webapp.storage import keys
 from webapp.storage.scripts import (
     NOTE_RETURN_AFTER_EXPIRY,
@@ -54,6 +55,10 @@ class Session:
     compacted_through: int = -1
     """Index of the last message folded into ``compaction_note`` (-1: none)."""
     compaction_note: str = ""
+    context_tokens: int = 0
+    """The size of the context, in tokens, as the model reported it for the last reply
+    (0: not known); it then held the messages before index ``context_tokens_through``."""
+    context_tokens_through: int = 0
     parked_until: float = 0
     code_hint: str = ""
     """The first group of the resume code it is parked under, for its owner to recognise."""
@@ -78,6 +83,8 @@ def read_session(r: redis.Redis, conversation_id: str) -> Session | None:
         context_from=int(fields.get("context_from", 0)),
         compacted_through=int(fields.get("compacted_through", -1)),
         compaction_note=fields.get("compaction_note", ""),
+        context_tokens=int(fields.get("context_tokens", 0)),
+        context_tokens_through=int(fields.get("context_tokens_through", 0)),
         parked_until=float(fields.get("parked_until", 0)),
         code_hint=fields.get("code_hint", ""),
     )
@@ -121,10 +128,7 @@ def summary_input(messages: Sequence[Message], budget_tokens: int) -> list[Messa
     ]
     kept: list[Message] = []
     for message in reversed(recent[1:]):
-        if (
-            summaries.estimate_tokens([m.content for m in [recent[0], message, *kept]])
-            > budget_tokens
-        ):
+        if estimate_tokens([m.content for m in [recent[0], message, *kept]]) > budget_tokens:
             break
         kept.insert(0, message)
     return recent[:1] + kept
@@ -133,25 +137,25 @@ def summary_input(messages: Sequence[Message], budget_tokens: int) -> list[Messa
 def catch_up(
     r: redis.Redis,
     provider: Provider,
-    conversation: Conversation,
+    conversation_id: str,
+    owner: str,
     lifetimes: Lifetimes,
     budget_tokens: int,
 ) -> summaries.Summary | None:
-    """Summarise the conversation and start a new session from the summary, kept as a note.
+    """Summarise the conversation and start a new session from the summary, kept as a note
+    (which says how many tokens of history it stands for).
 
     Returns the summary, or None if a session was already alive (another tab caught up).
     Raises ConversationGone.
     """
-    messages = read_messages(r, conversation.id)
+    messages = read_messages(r, conversation_id)
     summary = summaries.summarise(provider, summary_input(messages, budget_tokens))
-    note = Message(
-        id=new_id(), role=NOTE, content=summary.text, created_at=time.time(), status=summary.source
-    )
+    note = _note(summary, summary.source)
 
     def queue(pipe):
         START_SESSION_FROM_NOTE.queue(
             pipe,
-            keys.conversation_keys(conversation.id),
+            keys.conversation_keys(conversation_id),
             [
                 note.id,
                 note.to_json(),
@@ -161,10 +165,22 @@ def catch_up(
                 DEDUPE_WINDOW,
             ],
         )
-        queue_owner_index(pipe, conversation.owner, conversation.id, lifetimes.transcript_retention)
+        queue_owner_index(pipe, owner, conversation_id, lifetimes.transcript_retention)
 
     started, *_ = execute_pipeline(r, queue)
     return summary if started else None
+
+
+def _note(summary: summaries.Summary, source: str) -> Message:
+    return Message(
+        id=new_id(),
+        role=NOTE,
+        content=summary.text,
+        created_at=time.time(),
+        status=source,
+        tokens=summary.tokens,
+        replaced_tokens=summary.replaced_tokens,
+    )
 
 
 def note_return_after_expiry(r: redis.Redis, conversation_id: str) -> bool:
@@ -219,13 +235,22 @@ def reply_context(
     budget) into a summary kept with the session. The transcript keeps everything."""
     session = read_session(r, conversation_id)
     current = context(r, conversation_id, leave_out, session)
-    texts = [current.note, *(m.content for m in current.turns)]
-    if session is None or summaries.estimate_tokens(texts) <= budget_tokens:
+    size = (
+        _context_tokens(r, provider, conversation_id, session, current, budget_tokens)
+        if session
+        else 0
+    )
+    if session is None or size <= budget_tokens:
         return current
     first, *rest = current.turns
+    # Which turns are recent enough to keep is judged on estimates, scaled to the size the
+    # model counted, so that both are in its tokens.
+    estimated = estimate_tokens([current.note, *(m.content for m in current.turns)])
+    scale = size / estimated
     recent: list[Message] = []
     for message in reversed(rest):
-        if summaries.estimate_tokens([m.content for m in [message, *recent]]) > budget_tokens // 2:
+        kept = estimate_tokens([m.content for m in [message, *recent]]) * scale
+        if kept > budget_tokens // 2:
             break
         recent.insert(0, message)
     folded = rest[: len(rest) - len(recent)]
@@ -241,9 +266,34 @@ def reply_context(
     UPDATE_IF_EXISTS.run(
         r,
         [keys.conversation_session(conversation_id)],
-        ["compacted_through", through, "compaction_note", summary.text],
+        # The reported size was of the context before it was compacted.
+        ["compacted_through", through, "compaction_note", summary.text, "context_tokens", 0],
     )
     return context(r, conversation_id, leave_out)
+
+
+def _context_tokens(
+    r: redis.Redis,
+    provider: Provider,
+    conversation_id: str,
+    session: Session,
+    current: Context,
+    budget_tokens: int,
+) -> int:
+    """The size of the context in tokens: the last reply's as the model reported it, and
+    the messages since, estimated; or, with no report yet, the provider's count. A context
+    whose estimate is under half the budget is not counted (a tokenizer that counts even
+    twice as many tokens keeps it within): most first replies of a session cost no call."""
+    if session.context_tokens:
+        since = read_messages(r, conversation_id, session.context_tokens_through)
+        return session.context_tokens + estimate_tokens([m.content for m in since])
+    estimated = estimate_tokens([current.note, *(m.content for m in current.turns)])
+    if estimated < budget_tokens / 2:
+        return estimated
+    try:
+        return provider.count_tokens(current.turns, current.note)
+    except ModelError:
+        return estimated
 
 
 COPY_MAX_MESSAGES = 50
@@ -284,15 +334,15 @@ def restore_from_copy(
     owner: str,
     copy: Sequence[Message],
     lifetimes: Lifetimes,
-) -> str:
+) -> tuple[str, summaries.Summary]:
     """A new conversation whose session starts from a summary of a browser's copy of one
-    that is gone. Returns its id."""
+    that is gone. Returns its id, and the summary."""
     summary = summaries.summarise(provider, copy)
     conversation_id = create_conversation(r, owner, lifetimes)
     first_user = next((m.content for m in copy if m.role == "user"), "")
-    note = Message(new_id(), NOTE, summary.text, time.time(), status=summaries.BROWSER)
+    note = _note(summary, summaries.BROWSER)
     append_message_and_touch(r, conversation_id, owner, note, lifetimes, title=first_user)
-    return conversation_id
+    return conversation_id, summary
 
 
 def sweep_expired_sessions(r: redis.Redis, batch: int = 500) -> int:

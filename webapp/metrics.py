@@ -36,33 +36,36 @@ RESUME_FAILURE_HOURS_KEPT = 48
 
 @dataclass(frozen=True)
 class Counter:
-    """One counter: its Prometheus name (without ``_total``), help, and optional label."""
+    """One counter: its Prometheus name (without ``_total``), help, and its labels."""
 
     name: str
     help: str
-    label: str | None = None
+    labels: tuple[str, ...] = ()
     known: tuple[str, ...] = ()
-    """Label values always shown, at 0 until first counted, so dashboards see every series."""
+    """Values of a single label always shown, at 0 until first counted, so dashboards see
+    every series."""
 
 
 MESSAGES_APPENDED = Counter(
     "messages_appended",
     "Messages stored in conversations: user messages, and replies the model finished.",
-    "role",
+    ("role",),
     ("user", "assistant"),
 )
 MODEL_CALLS = Counter(
     "model_calls",
     "Replies the model was asked to write, by how the writing ended "
-    "(stopped: ended from elsewhere, by Stop or the reaper, while the model wrote).",
-    "outcome",
-    ("done", "failed", "stopped"),
+    "(cut_off: at its length limit; declined: the model refused; stopped: ended from "
+    "elsewhere, by Stop or the reaper, while the model wrote).",
+    ("outcome",),
+    ("done", "cut_off", "declined", "failed", "stopped"),
 )
 MODEL_ERRORS = Counter(
     "model_errors",
-    "Model calls that failed, by kind (busy, misconfigured, broken stream, other).",
-    "kind",
-    ("busy", "misconfigured", "broken", "error"),
+    "Model calls that failed, by kind (busy, misconfigured, unavailable: the model id, "
+    "spend_limit, broken stream, other).",
+    ("kind",),
+    ("busy", "misconfigured", "unavailable", "spend_limit", "broken", "error"),
 )
 SESSION_ENDED = "session_ended"
 """The reason of a failed resume that is no code: the owner came back to a conversation
@@ -71,7 +74,7 @@ RESUME_FAILURES = Counter(
     "resume_failures",
     "Failed resumes, by reason: a code refused (malformed, unknown, expired, used, "
     "wrong_account, rate_limited), or a return after the session ended (session_ended).",
-    "reason",
+    ("reason",),
 )
 RESUME_CODES_ISSUED = Counter("resume_codes_issued", "Resume codes handed out.")
 RESUME_CODES_REDEEMED = Counter("resume_codes_redeemed", "Resume codes redeemed.")
@@ -80,11 +83,24 @@ CATCH_UPS = Counter(
     "Catch me up summaries, by outcome (model: written by the model; extractive: made "
     "locally when the model could not be reached; browser: from a browser's copy of a "
     "conversation that was gone).",
-    "outcome",
+    ("outcome",),
     ("model", "extractive", "browser"),
 )
 SESSIONS_EXPIRED = Counter("sessions_expired", "Sessions that ended by idling, seen by the sweep.")
 FORKS = Counter("forks", "Conversations forked from a message.")
+MODEL_TOKENS = Counter(
+    "model_tokens",
+    "Tokens the model was billed for, by model and kind (input: read neither from nor into "
+    "the prompt cache; cache_write; cache_read; output, thinking included).",
+    ("model", "kind"),
+)
+CATCH_UP_TOKENS = Counter(
+    "catch_up_tokens",
+    "Catch me up: the tokens of the summaries written (summary), and of the history each "
+    "one replaced (history).",
+    ("kind",),
+    ("summary", "history"),
+)
 COUNTERS = (
     MESSAGES_APPENDED,
     MODEL_CALLS,
@@ -95,12 +111,15 @@ COUNTERS = (
     CATCH_UPS,
     SESSIONS_EXPIRED,
     FORKS,
+    MODEL_TOKENS,
+    CATCH_UP_TOKENS,
 )
 
 
-def _field(counter: Counter, label_value: str | None) -> str:
-    """The counter's field in the counters hash: ``name`` or ``name:label value``."""
-    return f"{counter.name}:{label_value}" if counter.label else counter.name
+def _field(counter: Counter, *label_values: str) -> str:
+    """The counter's field in the counters hash: ``name``, or ``name:value`` and
+    ``name:value|value`` for its labels (no label value holds a "|")."""
+    return f"{counter.name}:{'|'.join(label_values)}" if counter.labels else counter.name
 
 
 def _count(r: redis.Redis, increments: Mapping[str, int], queue_more=None) -> None:
@@ -143,26 +162,47 @@ def count_resume_failure(r: redis.Redis, reason: str, now: float | None = None) 
 
 
 def count_resume_code_issued(r: redis.Redis) -> None:
-    _count(r, {_field(RESUME_CODES_ISSUED, None): 1})
+    _count(r, {_field(RESUME_CODES_ISSUED): 1})
 
 
 def count_resume_code_redeemed(r: redis.Redis) -> None:
-    _count(r, {_field(RESUME_CODES_REDEEMED, None): 1})
+    _count(r, {_field(RESUME_CODES_REDEEMED): 1})
 
 
-def count_catch_up(r: redis.Redis, outcome: str) -> None:
-    """Count a Catch me up (``outcome`` model, extractive or browser)."""
-    _count(r, {_field(CATCH_UPS, outcome): 1})
+def count_catch_up(r: redis.Redis, outcome: str, tokens: int, replaced_tokens: int) -> None:
+    """Count a Catch me up (``outcome`` model, extractive or browser), with the tokens of its
+    summary and of the history it replaced."""
+    _count(
+        r,
+        {
+            _field(CATCH_UPS, outcome): 1,
+            _field(CATCH_UP_TOKENS, "summary"): tokens,
+            _field(CATCH_UP_TOKENS, "history"): replaced_tokens,
+        },
+    )
+
+
+def count_model_tokens(r: redis.Redis, model: str, usage) -> None:
+    """Count the tokens one model call was billed for (``usage``: webapp.llm.Usage)."""
+    by_kind = {
+        "input": usage.input_tokens,
+        "cache_write": usage.cache_write_tokens,
+        "cache_read": usage.cache_read_tokens,
+        "output": usage.output_tokens,
+    }
+    increments = {_field(MODEL_TOKENS, model, kind): n for kind, n in by_kind.items() if n}
+    if increments:
+        _count(r, increments)
 
 
 def count_sessions_expired(r: redis.Redis, amount: int) -> None:
     """Count sessions the sweep found expired; an amount of 0 costs nothing."""
     if amount:
-        _count(r, {_field(SESSIONS_EXPIRED, None): amount})
+        _count(r, {_field(SESSIONS_EXPIRED): amount})
 
 
 def count_fork(r: redis.Redis) -> None:
-    _count(r, {_field(FORKS, None): 1})
+    _count(r, {_field(FORKS): 1})
 
 
 def read_counters(r: redis.Redis) -> dict[str, int]:
@@ -212,18 +252,18 @@ class _AppCollector:
             yield self._family(counter)
 
     def _family(self, counter: Counter) -> CounterMetricFamily:
-        if not counter.label:
+        if not counter.labels:
             return CounterMetricFamily(
                 counter.name, counter.help, value=self.counters.get(counter.name, 0)
             )
-        family = CounterMetricFamily(counter.name, counter.help, labels=[counter.label])
-        values = dict.fromkeys(counter.known, 0)
+        family = CounterMetricFamily(counter.name, counter.help, labels=list(counter.labels))
+        values = {(known,): 0 for known in counter.known}
         for field, value in self.counters.items():
-            name, _, label_value = field.partition(":")
-            if name == counter.name and label_value:
-                values[label_value] = value
-        for label_value, value in sorted(values.items()):
-            family.add_metric([label_value], value)
+            name, _, label_values = field.partition(":")
+            if name == counter.name and label_values:
+                values[tuple(label_values.split("|"))] = value
+        for label_values, value in sorted(values.items()):
+            family.add_metric(list(label_values), value)
         return family
 
 

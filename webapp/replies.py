@@ -116,27 +116,20 @@ class Replies:
         if run.running:
             runs.request_stop(self.r, run, self.lifetimes, self.run_settings)
 
-    def catch_up(self, conversation: Conversation) -> summaries.Summary | None:
-        """Where were we? Summarise the conversation and start a new session from the
-        summary (None if another tab did). Raises TooManyModelCalls or ConversationGone."""
-        with self._model_call(conversation.owner):
-            summary = lifecycle.catch_up(
-                self.r,
-                self.provider,
-                conversation,
-                self.lifetimes,
-                self.run_settings.context_budget_tokens,
-            )
-        if summary:
-            metrics.count_catch_up(self.r, summary.source)
-        return summary
+    def catch_up(self, conversation: Conversation) -> None:
+        """Where were we? Start summarising the conversation in the background; a new
+        session starts from the summary (see runs.write_catch_up). Nothing starts if a
+        session is alive again, or another tab's catch-up is under way.
+        Raises TooManyModelCalls or ConversationGone."""
+        with contextlib.suppress(RunInProgress), self._model_call(conversation.owner) as slot:
+            self._start(slot, conversation.id, conversation.owner, kind=runs.CATCH_UP)
 
     def restore(self, owner: str, copy: Sequence[Message]) -> str:
         """A new conversation of ``owner`` caught up from a browser's copy of one that is
         gone (see lifecycle.parse_browser_copy); its id. Raises TooManyModelCalls."""
         with self._model_call(owner):
-            conversation_id = lifecycle.restore_from_copy(
+            conversation_id, summary = lifecycle.restore_from_copy(
                 self.r, self.provider, owner, copy, self.lifetimes
             )
-        metrics.count_catch_up(self.r, summaries.BROWSER)
+        metrics.count_catch_up(self.r, summaries.BROWSER, summary.tokens, summary.replaced_tokens)
         return conversation_id

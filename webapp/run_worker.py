@@ -53,7 +53,7 @@ class RunWorker:
     def _write(self, run: Run, prefix: str) -> None:
         try:
             with self._writers:
-                runs.write_reply(self.r, self.provider, run, self.lifetimes, self.settings, prefix)
+                runs.write(self.r, self.provider, run, self.lifetimes, self.settings, prefix)
         except Exception:
             # Redis gone mid-reply, or a bug: the run stays "running" until the reaper marks
             # it interrupted, partial text kept, from whichever process sees it first.

@@ -23,7 +23,7 @@ from webapp.conversations import (
     new_id,
     queue_owner_index,
 )
-from webapp.llm import ModelError, Provider
+from webapp.llm import MAX_TOKENS, REFUSAL, Finished, ModelError, Provider, Thinking, Usage
 from webapp.storage import keys
 from webapp.storage.scripts import (
     ADD_RUN_CHUNK,
@@ -36,7 +36,16 @@ from webapp.storage.scripts import (
 )
 
 RUNNING, DONE, INTERRUPTED, STOPPED, FAILED = "running", "done", "interrupted", "stopped", "failed"
-ENDED_EARLY = (INTERRUPTED, STOPPED, FAILED)
+CUT_OFF, DECLINED = "cut_off", "declined"
+"""A reply that reached its length limit (Continue carries on), or that the model declined
+to write (Retry asks again)."""
+ENDED_EARLY = (INTERRUPTED, STOPPED, FAILED, CUT_OFF, DECLINED)
+"""How a reply can end short of whole: the page offers to write it again."""
+REPLY, CATCH_UP = "reply", "catch_up"
+"""The kinds of run: a reply, written as a message; a catch-up, whose summary becomes the
+note a new session starts from."""
+THINKING = "thinking"
+"""A run's phase while the model thinks before it writes."""
 
 
 @refusal(RUN_IN_PROGRESS)
@@ -80,6 +89,11 @@ class Run:
     heartbeat_at: float
     error_kind: str = ""
     error_message: str = ""
+    kind: str = REPLY
+    phase: str = ""
+    """What the writer is doing, if it said (THINKING)."""
+    usage: Usage = Usage()
+    """The tokens it was billed for, once it has ended."""
 
     @property
     def running(self) -> bool:
@@ -111,6 +125,14 @@ def latest_run(r: redis.Redis, conversation_id: str) -> Run | None:
         heartbeat_at=float(fields["heartbeat_at"]),
         error_kind=fields.get("error_kind", ""),
         error_message=fields.get("error_message", ""),
+        kind=fields.get("kind", REPLY),
+        phase=fields.get("phase", ""),
+        usage=Usage(
+            input_tokens=int(fields.get("input_tokens", 0)),
+            cache_write_tokens=int(fields.get("cache_write_tokens", 0)),
+            cache_read_tokens=int(fields.get("cache_read_tokens", 0)),
+            output_tokens=int(fields.get("output_tokens", 0)),
+        ),
     )
 
 
@@ -124,13 +146,15 @@ def start_run(
     user_message: Message | None = None,
     replacing: Run | None = None,
     prefix: str = "",
+    kind: str = REPLY,
 ) -> Run | None:
     """Store ``user_message`` (if any) and start a run to reply, atomically, refreshing every
     TTL of the conversation and its owner's index in the same round trip.
 
     ``replacing`` is the run whose reply this one continues (with ``prefix``, its text) or
-    retries. Returns the new run, or None when ``user_message`` was a repeat.
-    Raises RunInProgress, SessionExpired or ConversationGone.
+    retries. A CATCH_UP run starts only once the session has ended. Returns the new run, or
+    None when nothing started (``user_message`` was a repeat; a session to catch up in is
+    alive). Raises RunInProgress, SessionExpired or ConversationGone.
     """
     run_id = new_id()
     message_id = replacing.message_id if replacing else run_id
@@ -154,6 +178,7 @@ def start_run(
                 prefix,
                 settings.max_events,
                 owner,
+                kind,
             ],
         )
         pipe.zadd(keys.RUNS_RUNNING, {member: now})
@@ -169,12 +194,22 @@ def start_run(
         return None
     metrics.count_messages_appended(r, "user", 1 if user_message else 0)
     return Run(
-        conversation_id, run_id, RUNNING, message_id, owner, started_at=now, heartbeat_at=now
+        conversation_id,
+        run_id,
+        RUNNING,
+        message_id,
+        owner,
+        started_at=now,
+        heartbeat_at=now,
+        kind=kind,
     )
 
 
-def add_chunk(r: redis.Redis, run: Run, text: str, settings: RunSettings) -> bool:
-    """Append ``text`` to the run and beat its heartbeat, in one round trip.
+def add_chunk(
+    r: redis.Redis, run: Run, text: str, settings: RunSettings, *, phase: str = ""
+) -> bool:
+    """Append ``text`` to the run (and tell its watchers of a new ``phase``), and beat its
+    heartbeat, in one round trip.
 
     Returns False once the run is no longer running (stopped, interrupted): stop writing.
     """
@@ -188,7 +223,7 @@ def add_chunk(r: redis.Redis, run: Run, text: str, settings: RunSettings) -> boo
                 keys.conversation_run(run.conversation_id),
                 keys.run_events(run.conversation_id, run.id),
             ],
-            [run.id, text, settings.max_events, chunk_id],
+            [run.id, text, settings.max_events, chunk_id, phase],
         )
         pipe.zadd(keys.RUNS_RUNNING, {run.index_member: time.time()}, xx=True)
 
@@ -205,12 +240,15 @@ def finish_run(
     *,
     error: ModelError | None = None,
     stale_before: float = 0,
+    finished: Finished | None = None,
 ) -> bool:
-    """End ``run`` with ``status`` and store what it wrote as the reply, exactly once.
+    """End ``run`` with ``status`` and store what it wrote as the reply, exactly once, with
+    what the model said of its end (``finished``: its model and the tokens billed).
 
     With ``stale_before``, only if its heartbeat is older than that. Returns True if this
     call ended it.
     """
+    usage = finished.usage if finished else Usage()
 
     def queue(pipe):
         FINISH_RUN.queue(
@@ -226,6 +264,11 @@ def finish_run(
                 lifetimes.transcript_retention,
                 settings.events_ttl_after_end,
                 DEDUPE_WINDOW,
+                finished.model if finished else "",
+                usage.input_tokens,
+                usage.cache_write_tokens,
+                usage.cache_read_tokens,
+                usage.output_tokens,
             ],
         )
         if run.owner:
@@ -234,6 +277,8 @@ def finish_run(
     ended, *_ = execute_pipeline(r, queue)
     if ended:
         r.zrem(keys.RUNS_RUNNING, run.index_member)
+        if finished:
+            metrics.count_model_tokens(r, finished.model, usage)
     return bool(ended)
 
 
@@ -255,6 +300,8 @@ class RunEvent:
 
     id: str
     text: str = ""
+    phase: str = ""
+    """Set when the writer's phase changes (THINKING)."""
     status: str | None = None
     """Set on the end event only."""
     error_kind: str = ""
@@ -272,6 +319,7 @@ def read_events(
         RunEvent(
             id=entry_id,
             text=fields.get("t", ""),
+            phase=fields.get("p", ""),
             status=fields.get("status"),
             error_kind=fields.get("error_kind", ""),
         )
@@ -285,6 +333,57 @@ def request_stop(r: redis.Redis, run: Run, lifetimes: Lifetimes, settings: RunSe
     return finish_run(r, run, STOPPED, lifetimes, settings)
 
 
+class Continuation:
+    """Joins what the model writes when it carries on a reply to the partial text before it,
+    dropping what it repeats: a model asked to carry on sometimes starts by repeating the last
+    words it wrote. The first OVERLAP_MAX characters are held back until that is known."""
+
+    OVERLAP_MAX = 200
+    OVERLAP_MIN = 8
+    """A shorter match ("the ") is as likely chance as repetition."""
+
+    def __init__(self, partial: str) -> None:
+        self.tail = partial[-self.OVERLAP_MAX :]
+        self.held: str | None = ""
+
+    def feed(self, text: str) -> str:
+        """The part of ``text`` to write now."""
+        if self.held is None:
+            return text
+        self.held += text
+        if len(self.held) < self.OVERLAP_MAX and not self._diverged():
+            return ""
+        return self.flush()
+
+    def flush(self) -> str:
+        """Whatever is held back, less the repeated tail (at the end of the stream)."""
+        if self.held is None:
+            return ""
+        held, self.held = self.held, None
+        stripped = held.lstrip()
+        tail = self.tail.rstrip()
+        for size in range(min(len(stripped), len(tail)), self.OVERLAP_MIN - 1, -1):
+            repeated = stripped[:size]
+            if repeated == repeated.rstrip() and tail.endswith(repeated):
+                return stripped[size:]
+        return held
+
+    def _diverged(self) -> bool:
+        """Whether what is held can no longer be the start of a repetition of the tail."""
+        stripped = self.held.lstrip()
+        return len(stripped) >= self.OVERLAP_MIN and stripped[: self.OVERLAP_MIN] not in self.tail
+
+
+def _ending(finished: Finished | None, wrote_anything: bool) -> str:
+    """The status a reply ends with, from why the model stopped and whether there is text."""
+    stop_reason = finished.stop_reason if finished else ""
+    if stop_reason == MAX_TOKENS:
+        return CUT_OFF
+    if stop_reason == REFUSAL:
+        return DECLINED
+    return DONE if wrote_anything else FAILED
+
+
 def write_reply(
     r: redis.Redis,
     provider: Provider,
@@ -293,26 +392,77 @@ def write_reply(
     settings: RunSettings,
     prefix: str = "",
 ) -> str:
-    """Produce the run's reply: stream it from the model into the run, then end the run.
+    """Produce the run's reply: stream it from the model into the run (carrying on from
+    ``prefix``, its partial text, if given), then end the run as the model's stop reason says.
 
     Returns the status it ended with (or found, if something else ended it first).
     """
     context = lifecycle.reply_context(
         r, provider, run.conversation_id, settings.context_budget_tokens, leave_out=run.message_id
     )
+    joining = Continuation(prefix) if prefix else None
+    wrote, finished = bool(prefix.strip()), None
     try:
-        for chunk in provider.stream_reply(context.turns, prefix=prefix, note=context.note):
-            if chunk and not add_chunk(r, run, chunk, settings):
+        for event in provider.stream_reply(context.turns, note=context.note, partial=prefix):
+            if isinstance(event, Finished):
+                finished = event
+                event = joining.flush() if joining else ""
+            elif isinstance(event, Thinking):
+                if not add_chunk(r, run, "", settings, phase=THINKING):
+                    metrics.count_model_call(r, "stopped")
+                    return latest_status(r, run)
+                continue
+            elif joining:
+                event = joining.feed(event)
+            if event and not add_chunk(r, run, event, settings):
                 metrics.count_model_call(r, "stopped")
                 return latest_status(r, run)
+            wrote = wrote or bool(event.strip())
     except ModelError as error:
+        held = joining.flush() if joining else ""
+        if held:
+            add_chunk(r, run, held, settings)
         metrics.count_model_call(r, "failed", error.kind)
         finish_run(r, run, FAILED, lifetimes, settings, error=error)
         return FAILED
-    metrics.count_model_call(r, "done")
-    metrics.count_messages_appended(r, "assistant", 1 if run.message_id == run.id else 0)
+    status = _ending(finished, wrote)
+    metrics.count_model_call(r, status)
+    if status == DONE:
+        metrics.count_messages_appended(r, "assistant", 1 if run.message_id == run.id else 0)
+    finish_run(r, run, status, lifetimes, settings, finished=finished)
+    return status
+
+
+def write_catch_up(
+    r: redis.Redis,
+    provider: Provider,
+    run: Run,
+    lifetimes: Lifetimes,
+    settings: RunSettings,
+) -> str:
+    """Produce a catch-up run's summary: the note a new session starts from (see
+    lifecycle.catch_up), then end the run. Returns the status it ended with."""
+    summary = lifecycle.catch_up(
+        r, provider, run.conversation_id, run.owner, lifetimes, settings.context_budget_tokens
+    )
+    if summary:
+        metrics.count_catch_up(r, summary.source, summary.tokens, summary.replaced_tokens)
     finish_run(r, run, DONE, lifetimes, settings)
     return DONE
+
+
+def write(
+    r: redis.Redis,
+    provider: Provider,
+    run: Run,
+    lifetimes: Lifetimes,
+    settings: RunSettings,
+    prefix: str = "",
+) -> str:
+    """Produce what the run is for: a reply, or a catch-up."""
+    if run.kind == CATCH_UP:
+        return write_catch_up(r, provider, run, lifetimes, settings)
+    return write_reply(r, provider, run, lifetimes, settings, prefix)
 
 
 def latest_status(r: redis.Redis, run: Run) -> str:

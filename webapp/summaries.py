@@ -1,16 +1,16 @@
 """Summaries that a new session starts from: by the model, or made locally when the model
-cannot be reached."""
+cannot be reached or its summary can't be used."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from webapp.llm import ModelError, Provider, Turn
-from webapp.llm.offline import OfflineProvider
+from webapp.llm import MAX_TOKENS, ModelError, Provider, Turn
+from webapp.llm.offline import OfflineProvider, estimate_tokens
 
 MODEL, EXTRACTIVE, BROWSER = "model", "extractive", "browser"
-"""Where a summary came from: the model; a local extractive summary (the model failed);
-the model (or the local fallback) over the copy a browser kept of a conversation that is
-gone."""
+"""Where a summary came from: the model; a local extractive summary (the model failed, was
+cut off, or wrote nothing); the model (or the local fallback) over the copy a browser kept
+of a conversation that is gone."""
 
 _local = OfflineProvider()
 
@@ -19,20 +19,22 @@ _local = OfflineProvider()
 class Summary:
     text: str
     source: str
+    tokens: int
+    """The summary's own size, in tokens."""
+    replaced_tokens: int
+    """The size of what it summarised, in tokens: what a session starting from it saves."""
 
 
 def summarise(provider: Provider, turns: Sequence[Turn]) -> Summary:
-    """One summarisation call; if the model fails, a local extractive summary instead."""
+    """One summarisation call; a local extractive summary instead if the model fails, stops
+    at its length limit (a summary cut short misses what comes next) or writes nothing."""
     try:
-        text = provider.summarise(turns).strip()
+        written = provider.summarise(turns)
     except ModelError:
-        text = ""
-    if text:
-        return Summary(text, MODEL)
-    return Summary(_local.summarise(turns), EXTRACTIVE)
-
-
-def estimate_tokens(texts: Sequence[str]) -> int:
-    """About four characters a token, the usual rule of thumb for English text; enough to
-    decide when a context outgrows its budget, not to bill by."""
-    return sum(len(text) for text in texts) // 4 + 1
+        written = None
+    if written and written.text.strip() and written.stop_reason != MAX_TOKENS:
+        usage = written.usage
+        return Summary(written.text.strip(), MODEL, usage.output_tokens, usage.prompt_tokens)
+    text = _local.extract(turns)
+    replaced = estimate_tokens([turn.content for turn in turns])
+    return Summary(text, EXTRACTIVE, estimate_tokens([text]), replaced)

@@ -152,3 +152,20 @@ def test_stop_then_continue(claude_server, page, screenshot, real_redis):
     follow_to_the_end(page)
     expect_whole_reply(page)
     expect_stored_reply(real_redis, conversation_url)
+
+
+def test_thinking_shows_then_the_text_streams(claude_server, fake_anthropic, page, screenshot):
+    """While Claude thinks, the reply says "Thinking…"; then its text grows in its place, and
+    what Claude thought is never on the page."""
+    fake_anthropic.thinking = "PRIVATE " * 30  # about 3 s of thinking at the token delay
+    page.goto(claude_server.url)
+    send(page, QUESTION)
+    status = page.locator("#run-status")
+    expect(status).to_have_text("Thinking…", timeout=DONE_TIMEOUT_MS)
+    assert (reply_so_far(page) or "") == ""
+    screenshot(page, "thinking")
+    expect(status).to_have_text("writing…", timeout=DONE_TIMEOUT_MS)
+    wait_for_words(page, 3)
+    follow_to_the_end(page)
+    expect(page.locator(".message.assistant").last).to_contain_text(REPLY[:40])
+    assert "PRIVATE" not in page.content()

@@ -223,7 +223,7 @@ def send_and_stream(page: Page, fake_anthropic, text: str) -> None:
     (the same text) until the conversation page is open, so all of it streams into the live
     page, which then swaps in the server's rendering."""
     fake_anthropic.enqueue(Hang(after=0))
-    asked = len(fake_anthropic.requests)
+    asked = len(fake_anthropic.message_requests)
     shown = page.locator("article.message").count()
     page.locator('textarea[name="text"]').fill(text)
     page.get_by_role("button", name="Send").click()
@@ -231,7 +231,9 @@ def send_and_stream(page: Page, fake_anthropic, text: str) -> None:
     page.wait_for_url(CONVERSATION_URL)
     assert page.locator("#run").count() == 1, "the reply was not being written"
     page.wait_for_function("() => window.__sse.created > 0")
-    wait_until(page, lambda: len(fake_anthropic.requests) > asked, "the model was never asked")
+    wait_until(
+        page, lambda: len(fake_anthropic.message_requests) > asked, "the model was never asked"
+    )
     fake_anthropic.release()
     page.wait_for_selector("#run", state="detached", timeout=REPLY_TIMEOUT_MS)
     assert page.locator("article.message").count() == shown + 2

@@ -20,7 +20,7 @@ from tests.test_run_processes import (
     wait_until_ended,
 )
 from webapp import conversations, runs
-from webapp.storage import keys
+from webapp.llm import carry_on_request
 
 GUESTS = 6
 TOKEN_DELAY_SECONDS = 0.08
@@ -83,7 +83,7 @@ def test_kill_9_of_the_app_mid_reply_loses_nothing_and_replies_can_be_continued(
             run = runs.latest_run(r, conversation_id)
             if run is None or not run.running:
                 return False
-            written = r.xlen(keys.run_events(conversation_id, run.id))
+            written = len(runs.run_text(r, run)[0].split())  # words, not the thinking phase
             if not 1 <= written <= REPLY_TOKENS - TOKENS_LEFT_AT_KILL:
                 return False
         return True
@@ -130,7 +130,7 @@ def test_kill_9_of_the_app_mid_reply_loses_nothing_and_replies_can_be_continued(
             assert "Retry" in page.buttons() and "Continue" not in page.buttons(), page
     assert_ledger_stored(r, ledger)
 
-    requests_before = len(claude.requests)
+    requests_before = len(claude.message_requests)
     for conversation_id, (_, partial) in cut.items():
         answer = owner_of[conversation_id].press(
             conversation_id, "Continue" if partial else "Retry"
@@ -143,13 +143,17 @@ def test_kill_9_of_the_app_mid_reply_loses_nothing_and_replies_can_be_continued(
         page = owner_of[conversation_id].page(f"/c/{conversation_id}")
         assert "This reply was interrupted" not in page.body
 
-    # Continue carried on from the partial text, sent as a prefilled assistant turn.
-    prefills = [
-        request.body["messages"][-1]["content"]
-        for request in claude.requests[requests_before:]
-        if request.body["messages"][-1]["role"] == "assistant"
-    ]
-    assert sorted(prefills) == sorted(partial.rstrip() for _, partial in cut.values() if partial)
+    # Continue carried on from the partial text, sent as an assistant turn followed by a user
+    # turn asking to carry on (no prefill: every request ends with a user turn).
+    continued = []
+    for request in claude.message_requests[requests_before:]:
+        *_, before_last, last = [{"role": ""}, *request.body["messages"]]
+        assert last["role"] == "user", request.body
+        if before_last["role"] == "assistant" and last["content"] == carry_on_request(
+            before_last["content"]
+        ):
+            continued.append(before_last["content"])
+    assert sorted(continued) == sorted(partial.rstrip() for _, partial in cut.values() if partial)
 
     # Every conversation is now question, whole reply, question, whole reply...
     assert_ledger_stored(r, ledger)

@@ -34,6 +34,10 @@ SCAN_BATCH = 1000
 """Keys examined per SCAN call when walking everything (overview counts, bulk clearing)."""
 
 
+TOKEN_FIELDS = ("input_tokens", "cache_write_tokens", "cache_read_tokens", "output_tokens")
+"""The meta hash's totals of the tokens billed for a conversation's replies."""
+
+
 class UnknownOwner(LookupError):
     """The owner asked for is no account's username, and not a guest."""
 
@@ -73,6 +77,9 @@ class ConversationRow:
     state: str
     title: str
     message_count: int
+    tokens: int
+    """The tokens the model was billed for in it, every kind added up (input, cache
+    writes and reads, output)."""
     size_bytes: int
     """MEMORY USAGE of its keys, summed (see _conversation_keys_with_run for which)."""
     created_at: float
@@ -186,6 +193,7 @@ def _rows(r: redis.Redis, facts: dict[str, Facts]) -> list[ConversationRow]:
                 state=its_facts.state,
                 title=meta.get("title", ""),
                 message_count=int(meta.get("message_count", 0)),
+                tokens=sum(int(meta.get(field, 0)) for field in TOKEN_FIELDS),
                 size_bytes=size,
                 created_at=float(meta["created_at"]),
                 updated_at=float(meta["updated_at"]),

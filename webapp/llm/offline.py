@@ -4,10 +4,16 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 
-from webapp.llm import Turn
+from webapp.llm import END_TURN, Finished, ReplyEvent, SummaryText, Turn, Usage
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 SUMMARY_MAX_CHARS = 2000
+
+
+def estimate_tokens(texts: Sequence[str]) -> int:
+    """About four characters a token, the usual rule of thumb for English text: the offline
+    model's count, and the split of a context being compacted; never what is billed."""
+    return sum(len(text) for text in texts) // 4 + 1
 
 
 def _first_sentence(text: str, limit: int = 200) -> str:
@@ -49,19 +55,36 @@ class OfflineProvider:
         return "\n".join(lines)
 
     def stream_reply(
-        self, turns: Sequence[Turn], prefix: str = "", note: str = ""
-    ) -> Iterator[str]:
-        text = self.reply_text(turns, note)
+        self, turns: Sequence[Turn], note: str = "", partial: str = ""
+    ) -> Iterator[ReplyEvent]:
+        whole = self.reply_text(turns, note)
         # Carrying on from a partial reply: the rest of the same text, as a model would.
-        text = text[len(prefix) :] if text.startswith(prefix) else " (continued)"
+        text = whole[len(partial) :] if whole.startswith(partial) else " (continued)"
         words = re.split(r"(\s+)", text)
         step = self.chunk_words * 2
         for start in range(0, len(words), step):
             if self.chunk_delay:
                 time.sleep(self.chunk_delay)
             yield "".join(words[start : start + step])
+        prompt = estimate_tokens([note, *(turn.content for turn in turns), partial])
+        usage = Usage(input_tokens=prompt, output_tokens=estimate_tokens([text]))
+        yield Finished(END_TURN, usage, self.name)
 
-    def summarise(self, turns: Sequence[Turn]) -> str:
+    def count_tokens(self, turns: Sequence[Turn], note: str = "") -> int:
+        return estimate_tokens([note, *(turn.content for turn in turns)])
+
+    def unavailable_models(self) -> dict[str, str]:
+        return {}
+
+    def summarise(self, turns: Sequence[Turn]) -> SummaryText:
+        text = self.extract(turns)
+        usage = Usage(
+            input_tokens=estimate_tokens([turn.content for turn in turns]),
+            output_tokens=estimate_tokens([text]),
+        )
+        return SummaryText(text, END_TURN, usage)
+
+    def extract(self, turns: Sequence[Turn]) -> str:
         """An extractive summary: the goal, then the first sentence of each later turn."""
         user_turns = [t for t in turns if t.role == "user"]
         if not user_turns:

@@ -12,7 +12,9 @@ PREFIX = "rc"
 
 
 def conversation_meta(conversation_id: str) -> str:
-    """Hash: owner, created_at, updated_at, title, message_count. TTL: transcript retention."""
+    """Hash: owner, created_at, updated_at, title, message_count, and the tokens billed for
+    its replies (input_tokens, cache_write_tokens, cache_read_tokens, output_tokens).
+    TTL: transcript retention."""
     return f"{PREFIX}:conv:{{{conversation_id}}}:meta"
 
 

@@ -177,7 +177,8 @@ START_RUN = AtomicScript(
     _CONVERSATION_FUNCTIONS
     + """
 -- Starts a run that will write a reply, after appending the user's message if one is
--- given; refuses while the conversation's latest run is still running.
+-- given, or a catch-up (ARGV[13]) of a conversation whose session has ended; refuses while
+-- the conversation's latest run is still running.
 -- KEYS[1..8] the conversation, KEYS[9] the new run's events stream
 -- ARGV[1] run id, ARGV[2] user message id ("" for none: Continue or Retry),
 -- ARGV[3] user message JSON, ARGV[4] title if none yet (""),
@@ -185,9 +186,12 @@ START_RUN = AtomicScript(
 -- ARGV[8] how many newest ids to remember,
 -- ARGV[9] id of the message the reply will be stored as (a new id, or the one it replaces),
 -- ARGV[10] text the reply starts from ("" unless continuing), ARGV[11] events length cap,
--- ARGV[12] the conversation's owner (kept with the run, for whoever ends it)
--- Returns 1 if started, 0 if the user message was a repeat (nothing started);
--- refusals RC_GONE, RC_SESSION_EXPIRED, RC_RUN_IN_PROGRESS.
+-- ARGV[12] the conversation's owner (kept with the run, for whoever ends it),
+-- ARGV[13] its kind: "reply", or "catch_up" (which writes no message, and needs the session
+-- to have ended rather than to be alive)
+-- Returns 1 if started, 0 if nothing was started (the user message was a repeat, or a
+-- session is alive again to catch up in); refusals RC_GONE, RC_SESSION_EXPIRED,
+-- RC_RUN_IN_PROGRESS.
 local now, precise_now = now_seconds()
 if redis.call('EXISTS', KEYS[META]) == 0 then
   return redis.error_reply('RC_GONE the conversation does not exist')
@@ -195,7 +199,10 @@ end
 if redis.call('HGET', KEYS[RUN], 'id') == ARGV[1] then
   return 1  -- this very call, sent again after its answer was lost: it has started
 end
-if redis.call('EXISTS', KEYS[SESSION]) == 0 then
+local catching_up = ARGV[13] == 'catch_up'
+if catching_up then
+  if redis.call('EXISTS', KEYS[SESSION]) == 1 then return 0 end
+elseif redis.call('EXISTS', KEYS[SESSION]) == 0 then
   return redis.error_reply('RC_SESSION_EXPIRED the session has expired')
 end
 if redis.call('HGET', KEYS[RUN], 'status') == 'running' then
@@ -208,7 +215,7 @@ if ARGV[2] ~= '' then
 end
 redis.call('DEL', KEYS[RUN])
 redis.call('HSET', KEYS[RUN], 'id', ARGV[1], 'status', 'running', 'message_id', ARGV[9],
-  'owner', ARGV[12], 'started_at', precise_now, 'heartbeat_at', precise_now)
+  'owner', ARGV[12], 'kind', ARGV[13], 'started_at', precise_now, 'heartbeat_at', precise_now)
 redis.call('HSET', KEYS[META], 'updated_at', precise_now)
 -- The runs whose events may still exist, for deleting them with the conversation: this one
 -- until it ends, ended ones until their events expire.
@@ -218,7 +225,7 @@ if ARGV[10] ~= '' then
   redis.call('XADD', KEYS[9], 'MAXLEN', ARGV[11], '*', 't', ARGV[10])
   redis.call('EXPIRE', KEYS[9], ARGV[7])
 end
-slide_session(now, tonumber(ARGV[5]), tonumber(ARGV[6]))
+if not catching_up then slide_session(now, tonumber(ARGV[5]), tonumber(ARGV[6])) end
 refresh_transcript(ARGV[7])
 return 1
 """
@@ -231,16 +238,24 @@ ADD_RUN_CHUNK = AtomicScript(
 -- KEYS[1] the conversation's run hash, KEYS[2] the run's events stream
 -- ARGV[1] run id, ARGV[2] text ("" for a heartbeat only), ARGV[3] events length cap,
 -- ARGV[4] this chunk's id: a chunk sent again after its answer was lost is written once
--- (the writer waits for each chunk before the next, so the last id is enough)
+-- (the writer waits for each chunk before the next, so the last id is enough),
+-- ARGV[5] what the writer is doing, if that changed ("thinking"; "" for no change): kept
+-- with the run and told to watchers as a {p: phase} event
 -- Returns 1 if the run is still running, else 0 (it was stopped or interrupted).
 if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1]
    or redis.call('HGET', KEYS[1], 'status') ~= 'running' then
   return 0
 end
 local t = redis.call('TIME')
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'last_chunk') ~= ARGV[4] then
+if (ARGV[2] ~= '' or ARGV[5] ~= '') and redis.call('HGET', KEYS[1], 'last_chunk') ~= ARGV[4] then
   redis.call('HSET', KEYS[1], 'last_chunk', ARGV[4])
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', 't', ARGV[2])
+  if ARGV[5] ~= '' then
+    redis.call('HSET', KEYS[1], 'phase', ARGV[5])
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', 'p', ARGV[5])
+  end
+  if ARGV[2] ~= '' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', 't', ARGV[2])
+  end
   if redis.call('TTL', KEYS[2]) == -1 then
     -- The first chunk made the stream: it lives as long as its run hash.
     redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
@@ -262,7 +277,12 @@ FINISH_RUN = AtomicScript(
 -- ARGV[3] error kind (""), ARGV[4] error message (""), ARGV[5] request id (""),
 -- ARGV[6] only if the heartbeat is older than this time (0: unconditionally),
 -- ARGV[7] transcript retention seconds, ARGV[8] events TTL after the end,
--- ARGV[9] how many newest ids to remember
+-- ARGV[9] how many newest ids to remember, ARGV[10] the model that wrote it (""),
+-- ARGV[11], ARGV[12], ARGV[13], ARGV[14] the tokens it was billed for: input, cache write,
+-- cache read, output
+-- (added to the conversation's totals; their prompt and output also kept with a live
+-- session, as the size of its context the next reply is measured by)
+-- A catch-up run (kind "catch_up") stores no message: its summary is a note of its own.
 -- Returns 1 if this call ended the run, 0 if it had already ended.
 if redis.call('HGET', KEYS[RUN], 'id') ~= ARGV[1]
    or redis.call('HGET', KEYS[RUN], 'status') ~= 'running' then
@@ -282,7 +302,7 @@ for _, entry in ipairs(redis.call('XRANGE', KEYS[9], '-', '+')) do
   end
 end
 local text = table.concat(parts)
-if text ~= '' then
+if text ~= '' and redis.call('HGET', KEYS[RUN], 'kind') ~= 'catch_up' then
   local message_id = redis.call('HGET', KEYS[RUN], 'message_id')
   local message = {id = message_id, role = 'assistant', content = text, created_at = precise_now}
   if ARGV[2] ~= 'done' then message.status = ARGV[2] end
@@ -296,7 +316,20 @@ if text ~= '' then
 end
 redis.call('HSET', KEYS[META], 'updated_at', precise_now)
 redis.call('HSET', KEYS[RUN], 'status', ARGV[2], 'finished_at', precise_now,
-  'error_kind', ARGV[3], 'error_message', ARGV[4], 'request_id', ARGV[5])
+  'error_kind', ARGV[3], 'error_message', ARGV[4], 'request_id', ARGV[5], 'model', ARGV[10],
+  'input_tokens', ARGV[11], 'cache_write_tokens', ARGV[12], 'cache_read_tokens', ARGV[13],
+  'output_tokens', ARGV[14])
+local billed = 0
+local token_fields = {'input_tokens', 'cache_write_tokens', 'cache_read_tokens', 'output_tokens'}
+for i, field in ipairs(token_fields) do
+  local tokens = tonumber(ARGV[10 + i])
+  if tokens > 0 then redis.call('HINCRBY', KEYS[META], field, tokens) end
+  billed = billed + tokens
+end
+if billed > 0 and redis.call('EXISTS', KEYS[SESSION]) == 1 then
+  redis.call('HSET', KEYS[SESSION], 'context_tokens', billed,
+    'context_tokens_through', redis.call('LLEN', KEYS[MESSAGES]))
+end
 redis.call('XADD', KEYS[9], '*', 'status', ARGV[2], 'error_kind', ARGV[3])
 redis.call('ZADD', KEYS[RUNS], now + tonumber(ARGV[8]), ARGV[1])
 refresh_transcript(ARGV[7])

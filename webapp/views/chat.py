@@ -271,6 +271,9 @@ def events(conversation_id: str, run_id: str):
                 data = {"status": event.status, "error_kind": event.error_kind}
                 yield f"id: {event.id}\nevent: end\ndata: {json.dumps(data)}\n\n"
                 return
+            elif event.phase:
+                phase = json.dumps({"phase": event.phase})
+                yield f"id: {event.id}\nevent: phase\ndata: {phase}\n\n"
             else:
                 yield f"id: {event.id}\ndata: {json.dumps({'text': event.text})}\n\n"
         yield f"event: end\ndata: {json.dumps({'status': 'gone'})}\n\n"

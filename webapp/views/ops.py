@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from webapp import metrics
 from webapp.admin import listing
+from webapp.llm import get_provider
 from webapp.storage import get_redis
 
 bp = Blueprint("ops", __name__)
@@ -22,11 +23,17 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready to serve: Redis answers PING."""
+    """Ready to serve: Redis answers PING. A configured model that the API doesn't know
+    (checked at start-up) is reported too, as "degraded": pages still serve every
+    conversation, so the instance stays in rotation while replies can't be written."""
     try:
         get_redis().ping()
     except redis.exceptions.RedisError as error:
         return {"status": "unavailable", "redis": type(error).__name__}, 503
+    unavailable = get_provider().unavailable_models()
+    if unavailable:
+        models = {f"FLASK_{setting}": why for setting, why in unavailable.items()}
+        return {"status": "degraded", "redis": "ok", "models": models}
     return {"status": "ok", "redis": "ok"}
 
 
