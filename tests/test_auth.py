@@ -60,6 +60,12 @@ def test_register_logs_in_and_stores_only_an_argon2_hash(client, real_redis):
         ("ab", PASSWORD, "3 to 32 letters"),
         ("no spaces", PASSWORD, "3 to 32 letters"),
         ("ada", "short", "8 to 256 characters"),
+        ("ada", " " * 8, "8 to 256 characters"),  # only white space
+        ("ada", "\t \n" * 4, "8 to 256 characters"),
+        ("ada", "12345678", "one of the most common"),
+        ("ada", "password", "one of the most common"),
+        ("ada", "Password", "one of the most common"),  # case makes it no less common
+        ("ada", "qwertyuiop", "one of the most common"),
     ],
 )
 def test_bad_registrations_are_refused_with_a_reason(

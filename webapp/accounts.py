@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
 from webapp import owners
 from webapp.storage import keys
@@ -24,6 +25,10 @@ FREE_FAILURES = 10
 """Consecutive failed logins per username before each further try must wait."""
 MAX_WAIT_SECONDS = 15 * 60
 FAILURES_KEPT_SECONDS = 86400
+
+COMMON_PASSWORDS = frozenset(FREQUENCY_LISTS["passwords"])
+"""The 30,000 most common passwords of breach corpora, as zxcvbn ships them (lower case):
+the first an attacker tries (NIST 800-63B asks that they be refused)."""
 
 _hasher = PasswordHasher()
 # Verifying against this when the username is unknown takes as long as a real check, so
@@ -97,10 +102,16 @@ def get_user(r: redis.Redis, user_id: str) -> User | None:
 
 
 def _check_password(password: str) -> None:
-    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+    """NIST 800-63B's rules: long enough, not only white space, not a common password."""
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX or not password.strip():
         raise AccountRejected(
             f"A password has {PASSWORD_MIN} to {PASSWORD_MAX} characters; "
             "a few unrelated words make a good one."
+        )
+    if password.lower() in COMMON_PASSWORDS:
+        raise AccountRejected(
+            "That password is one of the most common ones, which attackers try first. "
+            "Choose another; a few unrelated words make a good one."
         )
 
 

@@ -1,4 +1,8 @@
-"""CSRF protection, the security headers every response carries, and Secure cookies."""
+"""CSRF protection, the security headers every response carries, Secure cookies, and
+redirects that stay on this site."""
+
+import re
+from urllib.parse import unquote, urlsplit
 
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
@@ -52,3 +56,25 @@ class SecureCookiesOverHttps:
             return start_response(status, headers, exc_info)
 
         return self.wsgi_app(environ, start_secure)
+
+
+_IGNORED_BY_BROWSERS = re.compile(r"[\x00-\x20\x7f]")
+"""Control characters and white space, which browsers drop from a URL (a tab or a newline
+in ``/\t/evil`` leaves ``//evil``)."""
+
+
+def same_site_path(target: str) -> str:
+    """``target`` if it is a path on this site, else "/": for ``next=`` and every other
+    redirect or link built from the request. Read as a browser would read it, after
+    percent-decoding (twice over), dropping control characters and white space, and taking
+    a backslash for a slash, it must be a path that starts with one slash and names no other
+    host or scheme (``//evil``, ``/\\evil``, ``/%09/evil``, ``https:evil``, ``/%2F%2Fevil``)."""
+    if target != target.strip() or _IGNORED_BY_BROWSERS.search(target) or "\\" in target:
+        return "/"
+    seen = target
+    for _ in range(3):
+        seen = _IGNORED_BY_BROWSERS.sub("", unquote(seen)).replace("\\", "/")
+    parts = urlsplit(seen)
+    if parts.scheme or parts.netloc or not seen.startswith("/") or seen.startswith("//"):
+        return "/"
+    return target

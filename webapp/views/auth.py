@@ -6,6 +6,7 @@ from flask_login import current_user, login_required
 
 from webapp import accounts, conversations
 from webapp.accounts import AccountRejected, LoginRefused
+from webapp.security import same_site_path
 from webapp.storage import get_redis
 from webapp.views.identity import guest_owner, log_in, log_out
 
@@ -14,8 +15,7 @@ bp = Blueprint("auth", __name__)
 
 def _next_url() -> str:
     """Where to go after logging in: a path on this site, never another site."""
-    target = request.values.get("next", "")
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    return same_site_path(request.values.get("next", ""))
 
 
 def _after_login():
