@@ -23,7 +23,8 @@ function watchRun() {
   });
   source.onerror = () => {
     // EventSource reconnects by itself (with Last-Event-ID); it gives up on an error page.
-    if (source.readyState === EventSource.CLOSED) setTimeout(refreshConversation, 2000);
+    if (source.readyState !== EventSource.CLOSED) return;
+    setTimeout(run.dataset.kind === "catch_up" ? () => location.reload() : refreshConversation, 2000);
   };
 }
 

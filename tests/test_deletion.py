@@ -152,3 +152,15 @@ def test_delete_through_the_page_and_the_console_leaves_nothing(
     assert not set(real_redis.scan_iter(match=keys.conversation_keys_pattern(conversation_id)))
     assert not list(real_redis.scan_iter(match=keys.RESUME_CODES_PATTERN))
     assert chat.client.get(f"/c/{conversation_id}").status_code == 404
+
+
+def test_a_conversation_from_before_runs_were_listed_is_deleted_too(redis, lifetimes):
+    """Data written before conversations listed their runs: a run hash, its events, no runs
+    index. Deleting it still deletes everything."""
+    conversation_id = busy_conversation(redis, lifetimes)
+    redis.delete(keys.conversation_runs(conversation_id))
+    deleted = deletion.delete_conversation(redis, conversation_id, OWNER)
+    assert deleted.conversations == 1
+    assert conversations.get_conversation(redis, conversation_id) is None
+    latest = runs.latest_run(redis, conversation_id)
+    assert latest is None

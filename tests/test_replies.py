@@ -403,3 +403,15 @@ def test_catch_me_up_is_written_in_the_background_and_survives_a_reload(
     assert f"a {note.tokens:,}-token summary instead of {note.replaced_tokens:,} tokens" in page
     assert note.replaced_tokens > note.tokens > 0
     assert 'name="text"' in page
+
+
+def test_an_expired_session_offers_to_catch_up_not_to_retry(chat, real_redis, fake_anthropic):
+    """Retry and Continue can't write in a session that has ended: the banner's choice comes
+    first, and the page offers no button that would do nothing."""
+    fake_anthropic.enqueue(Status(529))
+    conversation_id = chat.start_conversation("Hello?")
+    assert "/retry" in chat.client.get(f"/c/{conversation_id}").text
+    real_redis.delete(keys.conversation_session(conversation_id))
+    page = page_of(chat, conversation_id)
+    assert "Where were we?" in page
+    assert "/retry" not in page and "/continue" not in page

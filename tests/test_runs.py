@@ -126,7 +126,7 @@ def test_events_replay_from_any_point_and_end_with_the_status(redis, conversatio
     events = runs.read_events(redis, conversation_id, run.id, "0-0", block_ms=10)
     assert [e.text for e in events[:-1]] == ["one ", "two ", "three"]
     assert events[-1].status == "done"
-    rest = list(runs.follow(redis, conversation_id, run.id, events[0].id, block_ms=10))
+    rest = list(runs.follow(redis, conversation_id, run.id, events[0].id, 10, lifetimes, SETTINGS))
     assert "".join(e.text for e in rest) == "two three"
     assert rest[-1].status == "done"
 
@@ -139,7 +139,9 @@ def test_a_page_that_read_the_run_just_before_it_ended_is_still_told_the_end(
     runs.finish_run(redis, run, runs.DONE, lifetimes, SETTINGS)  # between the page's reads
     text, after = runs.run_text(redis, run)
     assert text == "All of it"
-    watched = itertools.islice(runs.follow(redis, conversation_id, run.id, after, block_ms=10), 3)
+    watched = itertools.islice(
+        runs.follow(redis, conversation_id, run.id, after, 10, lifetimes, SETTINGS), 3
+    )
     assert [event and event.status for event in watched] == ["done"]  # not waits (None)
 
 
@@ -262,7 +264,7 @@ def test_run_keys_share_the_transcript_lifetime(redis, conversation_id, lifetime
 
 def test_a_watcher_waits_for_a_run_that_has_not_written_yet(redis, conversation_id, lifetimes):
     run = start(redis, conversation_id, lifetimes, user_message=user_message())
-    watching = runs.follow(redis, conversation_id, run.id, "0-0", block_ms=10)
+    watching = runs.follow(redis, conversation_id, run.id, "0-0", 10, lifetimes, SETTINGS)
     assert next(watching) is None  # nothing yet, but the run is running: keep waiting
     runs.add_chunk(redis, run, "First words", SETTINGS)
     assert next(watching).text == "First words"
@@ -272,7 +274,42 @@ def test_a_watcher_of_a_run_with_no_events_left_ends(redis, conversation_id, lif
     run = start(redis, conversation_id, lifetimes, user_message=user_message())
     runs.finish_run(redis, run, runs.FAILED, lifetimes, SETTINGS)
     redis.delete(keys.run_events(conversation_id, run.id))
-    assert list(runs.follow(redis, conversation_id, run.id, "0-0", block_ms=10)) == []
+    (end,) = runs.follow(redis, conversation_id, run.id, "0-0", 10, lifetimes, SETTINGS)
+    assert end.status == runs.FAILED
+
+
+def test_a_watch_past_the_end_of_an_ended_run_ends_at_once(redis, conversation_id, lifetimes):
+    """A watcher that asks for events after the last one (a forged or stale Last-Event-ID)
+    is told the end at once, not kept waiting for events that will never come."""
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    runs.add_chunk(redis, run, "All of it", SETTINGS)
+    runs.finish_run(redis, run, runs.DONE, lifetimes, SETTINGS)
+    long_wait = 60_000  # a wait would hang the test: the watch must not block at all
+    watched = runs.follow(
+        redis, conversation_id, run.id, "99999999999999-0", long_wait, lifetimes, SETTINGS
+    )
+    assert [event.status for event in watched] == [runs.DONE]
+    other = runs.follow(
+        redis, conversation_id, "no-such-run", "0-0", long_wait, lifetimes, SETTINGS
+    )
+    assert [event.status for event in other] == [runs.GONE]
+
+
+def test_a_stale_run_ends_as_interrupted_when_seen(redis, conversation_id, lifetimes):
+    """Its writer died (no heartbeat): whoever reads it ends it, keeping its partial text,
+    without waiting for the reaper."""
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    runs.add_chunk(redis, run, "Half a rep", SETTINGS)
+    assert runs.seen_run(redis, conversation_id, lifetimes, SETTINGS).running  # still beating
+    long_ago = time.time() - 2 * SETTINGS.stale_seconds
+    redis.hset(keys.conversation_run(conversation_id), "heartbeat_at", long_ago)
+    seen = runs.seen_run(redis, conversation_id, lifetimes, SETTINGS)
+    assert seen.status == runs.INTERRUPTED
+    reply = conversations.read_messages(redis, conversation_id)[-1]
+    assert (reply.content, reply.status) == ("Half a rep", runs.INTERRUPTED)
+    # A watcher of it is told the end, and a new message can be sent at once.
+    events = list(runs.follow(redis, conversation_id, run.id, "0-0", 10, lifetimes, SETTINGS))
+    assert events[-1].status == runs.INTERRUPTED
 
 
 # How a reply ends: what the model said of its end decides what the page offers.
@@ -360,3 +397,52 @@ def test_continue_joins_the_partial_and_the_rest_with_no_word_lost_or_repeated(
     words = [continuation[i : i + 5] for i in range(0, len(continuation), 5)]
     runs.write_reply(redis, ScriptedProvider(words), again, lifetimes, SETTINGS, prefix=partial)
     assert conversations.read_messages(redis, conversation_id)[-1].content == joined
+
+
+@pytest.mark.parametrize("continuation", [" half and the rest.", "half and the rest."])
+def test_continue_after_a_space_neither_doubles_it_nor_loses_it(
+    redis, conversation_id, lifetimes, continuation
+):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    runs.write_reply(
+        redis,
+        ScriptedProvider(["The first "], error=ModelStreamBroken("cut")),
+        run,
+        lifetimes,
+        SETTINGS,
+    )
+    partial = conversations.read_messages(redis, conversation_id)[-1].content
+    assert partial == "The first "  # kept as written, its space too
+    again = start(
+        redis,
+        conversation_id,
+        lifetimes,
+        replacing=runs.latest_run(redis, conversation_id),
+        prefix=partial,
+    )
+    runs.write_reply(
+        redis, ScriptedProvider([continuation]), again, lifetimes, SETTINGS, prefix=partial
+    )
+    assert (
+        conversations.read_messages(redis, conversation_id)[-1].content
+        == "The first half and the rest."
+    )
+
+
+def test_a_reply_of_white_space_alone_is_no_message(redis, conversation_id, lifetimes):
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    assert (
+        runs.write_reply(redis, ScriptedProvider(["  ", "\n"]), run, lifetimes, SETTINGS)
+        == runs.FAILED
+    )
+    assert [m.role for m in conversations.read_messages(redis, conversation_id)] == ["user"]
+
+
+def test_a_length_limit_reached_before_any_text_is_a_failure_not_a_cut(
+    redis, conversation_id, lifetimes
+):
+    """Thinking used the whole budget: there is nothing to carry on, so the page offers Retry
+    and says the reply could not be written."""
+    run = start(redis, conversation_id, lifetimes, user_message=user_message())
+    provider = ScriptedProvider([], stop_reason=MAX_TOKENS, thinks=True)
+    assert runs.write_reply(redis, provider, run, lifetimes, SETTINGS) == runs.FAILED

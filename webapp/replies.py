@@ -82,11 +82,18 @@ class Replies:
         """Store ``message`` and start its reply. Raises TooManyModelCalls, RunInProgress,
         SessionExpired or ConversationGone; a repeat of a message sent already does nothing."""
         with self._model_call(conversation.owner) as slot:
-            self._start(slot, conversation.id, conversation.owner, user_message=message)
+            try:
+                self._start(slot, conversation.id, conversation.owner, user_message=message)
+            except RunInProgress:
+                # Its writer may have died: a stale run ends when seen, and the send goes on.
+                latest = runs.seen_run(self.r, conversation.id, self.lifetimes, self.run_settings)
+                if latest is not None and latest.running:
+                    raise
+                self._start(slot, conversation.id, conversation.owner, user_message=message)
 
     def latest_run(self, conversation: Conversation, run_id: str) -> Run:
         """The conversation's latest run, if it is ``run_id``; UnknownRun otherwise."""
-        run = runs.latest_run(self.r, conversation.id)
+        run = runs.seen_run(self.r, conversation.id, self.lifetimes, self.run_settings)
         if run is None or run.id != run_id:
             raise UnknownRun(run_id)
         return run
@@ -103,7 +110,8 @@ class Replies:
         if carry_on:
             last = conversations.read_messages(self.r, conversation.id, -1, -1)
             if last and last[0].id == run.message_id:
-                prefix = last[0].content.rstrip()
+                # As written, trailing space included: the model carries on after it.
+                prefix = last[0].content
         with (
             contextlib.suppress(RunInProgress, SessionExpired),
             self._model_call(conversation.owner) as slot,

@@ -41,6 +41,8 @@ CUT_OFF, DECLINED = "cut_off", "declined"
 to write (Retry asks again)."""
 ENDED_EARLY = (INTERRUPTED, STOPPED, FAILED, CUT_OFF, DECLINED)
 """How a reply can end short of whole: the page offers to write it again."""
+GONE = "gone"
+"""What a watcher is told of a run that is no longer the conversation's (or never was)."""
 REPLY, CATCH_UP = "reply", "catch_up"
 """The kinds of run: a reply, written as a message; a catch-up, whose summary becomes the
 note a new session starts from."""
@@ -308,9 +310,10 @@ class RunEvent:
 
 
 def read_events(
-    r: redis.Redis, conversation_id: str, run_id: str, after: str, block_ms: int
+    r: redis.Redis, conversation_id: str, run_id: str, after: str, block_ms: int | None
 ) -> list[RunEvent]:
-    """The run's events after event id ``after``, waiting up to ``block_ms`` for new ones."""
+    """The run's events after event id ``after``, waiting up to ``block_ms`` for new ones
+    (None: not waiting)."""
     answer = r.xread({keys.run_events(conversation_id, run_id): after}, count=500, block=block_ms)
     if not answer:
         return []
@@ -345,6 +348,9 @@ class Continuation:
     def __init__(self, partial: str) -> None:
         self.tail = partial[-self.OVERLAP_MAX :]
         self.held: str | None = ""
+        self.after_space = partial[-1:].isspace()
+        """The partial ends in white space: the continuation's own leading space would
+        double it."""
 
     def feed(self, text: str) -> str:
         """The part of ``text`` to write now."""
@@ -365,8 +371,9 @@ class Continuation:
         for size in range(min(len(stripped), len(tail)), self.OVERLAP_MIN - 1, -1):
             repeated = stripped[:size]
             if repeated == repeated.rstrip() and tail.endswith(repeated):
-                return stripped[size:]
-        return held
+                rest = stripped[size:]
+                return rest.lstrip() if self.after_space else rest
+        return stripped if self.after_space else held
 
     def _diverged(self) -> bool:
         """Whether what is held can no longer be the start of a repetition of the tail."""
@@ -377,11 +384,11 @@ class Continuation:
 def _ending(finished: Finished | None, wrote_anything: bool) -> str:
     """The status a reply ends with, from why the model stopped and whether there is text."""
     stop_reason = finished.stop_reason if finished else ""
-    if stop_reason == MAX_TOKENS:
-        return CUT_OFF
     if stop_reason == REFUSAL:
         return DECLINED
-    return DONE if wrote_anything else FAILED
+    if not wrote_anything:
+        return FAILED  # even at its length limit: thinking used it all, nothing to carry on
+    return CUT_OFF if stop_reason == MAX_TOKENS else DONE
 
 
 def write_reply(
@@ -482,6 +489,22 @@ def interrupt_runs(r: redis.Redis, runs: list[Run], lifetimes: Lifetimes, settin
         finish_run(r, run, INTERRUPTED, lifetimes, settings)
 
 
+def seen_run(
+    r: redis.Redis, conversation_id: str, lifetimes: Lifetimes, settings: RunSettings
+) -> Run | None:
+    """The conversation's latest run as whoever reads it (the page, a watcher, a send, Stop)
+    must see it: one still marked running whose heartbeat is older than ``stale_seconds``
+    (its writer died) is ended as interrupted first, its partial text kept, by the script
+    that finishes runs. So a crash shows as interrupted as soon as anyone looks, not when
+    the periodic reaper next runs (it stays, for runs nobody looks at)."""
+    run = latest_run(r, conversation_id)
+    stale_before = time.time() - settings.stale_seconds
+    if run is None or not run.running or run.heartbeat_at >= stale_before:
+        return run
+    finish_run(r, run, INTERRUPTED, lifetimes, settings, stale_before=stale_before)
+    return latest_run(r, conversation_id)
+
+
 def reap_stale_runs(r: redis.Redis, lifetimes: Lifetimes, settings: RunSettings) -> int:
     """Mark runs whose heartbeat is stale as interrupted, keeping their partial text."""
     stale_before = time.time() - settings.stale_seconds
@@ -498,23 +521,38 @@ def reap_stale_runs(r: redis.Redis, lifetimes: Lifetimes, settings: RunSettings)
 
 
 def follow(
-    r: redis.Redis, conversation_id: str, run_id: str, after: str, block_ms: int
+    r: redis.Redis,
+    conversation_id: str,
+    run_id: str,
+    after: str,
+    block_ms: int,
+    lifetimes: Lifetimes,
+    settings: RunSettings,
 ) -> Iterator[RunEvent | None]:
     """Replay the run's events after ``after`` and follow it live, until its end event.
 
-    Yields None after each wait with nothing new, so callers can send keep-alives. Ends
-    without an end event if the run's events are gone (a run not yet written to has none
-    yet, and is waited for).
+    Yields None after each wait with nothing new while the run is being written, so callers
+    can send keep-alives; after each such wait the run is looked at (seen_run), so one
+    whose writer died ends, and its end event arrives. A run that has ended (or was
+    replaced, or is gone) with nothing after ``after`` ends the watch at once, with an end
+    event of its status (GONE for a run that is no longer the conversation's): a watcher is
+    never held open by a run that will write no more.
     """
     while True:
-        events = read_events(r, conversation_id, run_id, after, block_ms)
+        events = read_events(r, conversation_id, run_id, after, None)
         if not events:
-            if not r.exists(keys.run_events(conversation_id, run_id)):
-                latest = latest_run(r, conversation_id)
-                if latest is None or latest.id != run_id or not latest.running:
+            latest = seen_run(r, conversation_id, lifetimes, settings)
+            if latest is not None and latest.id == run_id and latest.running:
+                events = read_events(r, conversation_id, run_id, after, block_ms)
+                if not events:
+                    yield None
+                    continue
+            else:
+                events = read_events(r, conversation_id, run_id, after, None)  # an end just made
+                if not events:
+                    ours = latest is not None and latest.id == run_id
+                    yield RunEvent(id=after, status=latest.status if ours else GONE)
                     return
-            yield None
-            continue
         for event in events:
             yield event
             if event.status:

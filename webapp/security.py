@@ -74,7 +74,10 @@ def same_site_path(target: str) -> str:
     seen = target
     for _ in range(3):
         seen = _IGNORED_BY_BROWSERS.sub("", unquote(seen)).replace("\\", "/")
-    parts = urlsplit(seen)
+    try:
+        parts = urlsplit(seen)
+    except ValueError:  # "//[" : no URL at all
+        return "/"
     if parts.scheme or parts.netloc or not seen.startswith("/") or seen.startswith("//"):
         return "/"
     return target

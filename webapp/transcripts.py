@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import redis
 
 from webapp import conversations, lifecycle, metrics, runs
-from webapp.conversations import Conversation, Message
+from webapp.conversations import Conversation, Lifetimes, Message
 from webapp.lifecycle import Session
-from webapp.runs import Run
+from webapp.runs import Run, RunSettings
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,12 @@ class TranscriptPage:
 
 
 def read_page(
-    r: redis.Redis, conversation: Conversation, page_size: int, before: int | None = None
+    r: redis.Redis,
+    conversation: Conversation,
+    page_size: int,
+    before: int | None,
+    lifetimes: Lifetimes,
+    run_settings: RunSettings,
 ) -> TranscriptPage:
     """The page of ``page_size`` messages before index ``before`` (default: the newest).
 
@@ -41,7 +46,7 @@ def read_page(
     (the owner came back too late to carry on without catching up)."""
     # The run before the messages: a reply that ends in between is among the messages, and
     # shown as still being written (its watcher then hears of the end at once).
-    run = runs.latest_run(r, conversation.id)
+    run = runs.seen_run(r, conversation.id, lifetimes, run_settings)
     first_index, messages = conversations.read_page(r, conversation, page_size, before)
     run_text, run_event_id = runs.run_text(r, run) if run and run.running else ("", "0-0")
     is_latest_page = before is None or before >= conversation.message_count

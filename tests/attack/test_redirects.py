@@ -21,6 +21,7 @@ HOSTILE = [
     "https://evil.example/",
     "javascript:alert(1)",
     " /evil",
+    "//[",  # not even a URL: urlsplit raises
 ]
 SAFE = ["/", "/c/abcdefgh12345678", "/resume/continue", "/c/x?before=50", "/admin?owner=ada"]
 

@@ -145,7 +145,11 @@ class ClaudeProvider:
                 final = stream.get_final_message()
         except (anthropic.APIError, httpx2.TransportError) as error:
             raise _model_error(error, wrote, request_id) from error
-        yield Finished(final.stop_reason or END_TURN, _usage(final.usage), final.model)
+        if final.stop_reason is None:  # the stream ended before Claude said why it stopped
+            log.warning("Claude's stream ended early (request id %s)", request_id)
+            broken = ModelStreamBroken if wrote else ModelBusy
+            raise broken("the reply from Claude ended early", request_id)
+        yield Finished(final.stop_reason, _usage(final.usage), final.model)
 
     def summarise(self, turns: Sequence[Turn]) -> SummaryText:
         transcript = "\n\n".join(f"{turn.role.upper()}: {turn.content}" for turn in turns)
@@ -214,7 +218,8 @@ def _model_error(error: Exception, wrote: bool, request_id: str | None) -> Model
     request_id = getattr(error, "request_id", None) or request_id
     status = getattr(error, "status_code", None)
     body = getattr(error, "body", None)
-    details = body.get("error", {}) if isinstance(body, dict) else {}
+    details = body.get("error") if isinstance(body, dict) else None
+    details = details if isinstance(details, dict) else {}  # a proxy's body may be anything
     if _is_spend_limit(status, details):
         log.error("Claude's spend limit is reached (request id %s): %s", request_id, error)
         return ModelSpendLimit("the spend limit for Claude is reached", request_id)

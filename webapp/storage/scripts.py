@@ -279,9 +279,8 @@ FINISH_RUN = AtomicScript(
 -- ARGV[7] transcript retention seconds, ARGV[8] events TTL after the end,
 -- ARGV[9] how many newest ids to remember, ARGV[10] the model that wrote it (""),
 -- ARGV[11], ARGV[12], ARGV[13], ARGV[14] the tokens it was billed for: input, cache write,
--- cache read, output
--- (added to the conversation's totals; their prompt and output also kept with a live
--- session, as the size of its context the next reply is measured by)
+-- cache read, output (added to the conversation's totals; the prompt's also kept with a
+-- live session, as the size of its context the next reply is measured by)
 -- A catch-up run (kind "catch_up") stores no message: its summary is a note of its own.
 -- Returns 1 if this call ended the run, 0 if it had already ended.
 if redis.call('HGET', KEYS[RUN], 'id') ~= ARGV[1]
@@ -302,7 +301,8 @@ for _, entry in ipairs(redis.call('XRANGE', KEYS[9], '-', '+')) do
   end
 end
 local text = table.concat(parts)
-if text ~= '' and redis.call('HGET', KEYS[RUN], 'kind') ~= 'catch_up' then
+-- Only text with something in it is a reply: white space alone is no message to send back.
+if text:match('%S') and redis.call('HGET', KEYS[RUN], 'kind') ~= 'catch_up' then
   local message_id = redis.call('HGET', KEYS[RUN], 'message_id')
   local message = {id = message_id, role = 'assistant', content = text, created_at = precise_now}
   if ARGV[2] ~= 'done' then message.status = ARGV[2] end
@@ -319,16 +319,20 @@ redis.call('HSET', KEYS[RUN], 'status', ARGV[2], 'finished_at', precise_now,
   'error_kind', ARGV[3], 'error_message', ARGV[4], 'request_id', ARGV[5], 'model', ARGV[10],
   'input_tokens', ARGV[11], 'cache_write_tokens', ARGV[12], 'cache_read_tokens', ARGV[13],
   'output_tokens', ARGV[14])
-local billed = 0
 local token_fields = {'input_tokens', 'cache_write_tokens', 'cache_read_tokens', 'output_tokens'}
 for i, field in ipairs(token_fields) do
   local tokens = tonumber(ARGV[10 + i])
   if tokens > 0 then redis.call('HINCRBY', KEYS[META], field, tokens) end
-  billed = billed + tokens
 end
-if billed > 0 and redis.call('EXISTS', KEYS[SESSION]) == 1 then
-  redis.call('HSET', KEYS[SESSION], 'context_tokens', billed,
-    'context_tokens_through', redis.call('LLEN', KEYS[MESSAGES]))
+-- The prompt's size (thinking is never sent back): the messages before the reply, whose own
+-- text the next reply's measure estimates.
+local prompt = tonumber(ARGV[11]) + tonumber(ARGV[12]) + tonumber(ARGV[13])
+if prompt > 0 and redis.call('EXISTS', KEYS[SESSION]) == 1 then
+  local count = redis.call('LLEN', KEYS[MESSAGES])
+  local last = redis.call('LINDEX', KEYS[MESSAGES], -1)
+  local reply_stored = last and cjson.decode(last).id == redis.call('HGET', KEYS[RUN], 'message_id')
+  redis.call('HSET', KEYS[SESSION], 'context_tokens', prompt,
+    'context_tokens_through', reply_stored and count - 1 or count)
 end
 redis.call('XADD', KEYS[9], '*', 'status', ARGV[2], 'error_kind', ARGV[3])
 redis.call('ZADD', KEYS[RUNS], now + tonumber(ARGV[8]), ARGV[1])
@@ -492,7 +496,8 @@ DELETE_CONVERSATION = AtomicScript(
 -- is still what was chosen for deletion: owned by ARGV[1] (any owner if ""), and, if
 -- ARGV[2] is "expired", without a live session (a user who came back meanwhile keeps it).
 -- KEYS[1..8] the conversation, KEYS[9..] the events streams of the runs ARGV[3..] name
--- ARGV[1] owner (""), ARGV[2] "expired" or "", ARGV[3..] the ids in its runs index, as read
+-- ARGV[1] owner (""), ARGV[2] "expired" or "", ARGV[3..] the ids of its runs, as read (its
+-- runs index, and its latest run: extra ids only add DELs of keys that are gone)
 -- Returns {"deleted", keys deleted, code hash...} with the hashes of the resume codes
 -- issued for it (their keys are under their own hash tags, for the caller to delete);
 -- {"refused"}; or {"changed"} when a run started since its runs index was read.
@@ -503,7 +508,6 @@ if ARGV[2] == 'expired' and redis.call('EXISTS', KEYS[SESSION]) == 1 then
   return {'refused'}
 end
 local listed = redis.call('ZRANGE', KEYS[RUNS], 0, -1)
-if #listed ~= #ARGV - 2 then return {'changed'} end
 local read = {}
 for i = 3, #ARGV do read[ARGV[i]] = true end
 for _, run_id in ipairs(listed) do

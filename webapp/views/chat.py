@@ -161,7 +161,7 @@ def _redo(conversation_id: str, run_id: str, carry_on: bool):
     conversation = _owned_conversation(conversation_id)
     try:
         _replies().redo(conversation, run_id, carry_on=carry_on)
-    except UnknownRun:
+    except (UnknownRun, ConversationGone):
         abort(404)
     except TooManyModelCalls:
         return _render_conversation(conversation, error=TOO_MANY_TEXT), 429
@@ -259,10 +259,14 @@ def events(conversation_id: str, run_id: str):
     if not EVENT_ID.match(after):
         abort(400)
     r, stopping = get_blocking_redis(), current_app.extensions["run_worker"].stopping
+    settings = config.current()
 
     def stream():
         yield "retry: 1000\n\n"
-        for event in follow(r, conversation.id, run_id, after, WATCH_BLOCK_MS):
+        watched = follow(
+            r, conversation.id, run_id, after, WATCH_BLOCK_MS, settings.lifetimes, settings.runs
+        )
+        for event in watched:
             if stopping.is_set():
                 return  # shutting down: the browser reconnects from its last event
             if event is None:
@@ -276,7 +280,6 @@ def events(conversation_id: str, run_id: str):
                 yield f"id: {event.id}\nevent: phase\ndata: {phase}\n\n"
             else:
                 yield f"id: {event.id}\ndata: {json.dumps({'text': event.text})}\n\n"
-        yield f"event: end\ndata: {json.dumps({'status': 'gone'})}\n\n"
 
     return Response(
         stream(),
@@ -301,11 +304,14 @@ def _render_conversation(
     draft: str = "",
     issued_code: resume_codes.IssuedCode | None = None,
 ):
+    settings = config.current()
     page = transcripts.read_page(
         get_redis(),
         conversation,
         int(current_app.config["PAGE_SIZE"]),
         request.args.get("before", type=int),
+        settings.lifetimes,
+        settings.runs,
     )
     return render_template(
         "chat/conversation.html",
