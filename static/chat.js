@@ -198,3 +198,12 @@ function keepDrafts() {
 }
 
 keepDrafts();
+
+// Deleting a conversation deletes what this browser kept of it too: its copy and its draft.
+// (Logging out clears every copy and draft: the server answers with Clear-Site-Data.)
+document.addEventListener("submit", (event) => {
+  const id = event.target.dataset.forgetConversation;
+  if (!id || !window.localStorage) return;
+  localStorage.removeItem(COPY_PREFIX + id);
+  localStorage.removeItem(DRAFT_PREFIX + "/c/" + id + "/draft");
+});

@@ -86,6 +86,11 @@ def make_app(real_redis, redis_server, tmp_path):
                 "TRANSCRIPT_RETENTION_SECONDS": 600,
                 "OFFLINE_CHUNK_DELAY_SECONDS": 0,
                 "MODEL_CALLS_PER_MINUTE": 1000,
+                "GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE": 1000,
+                "REGISTRATIONS_PER_ADDRESS_PER_HOUR": 1000,
+                # Tests of other things log in and fail often from one address; the limit
+                # per address has tests of its own.
+                "LOGIN_FAILURES_PER_ADDRESS_PER_MINUTE": 1000,
                 **overrides,
             }
         )

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from tests.fake_anthropic import Hang
-from webapp import accounts, conversations
+from webapp import accounts, conversations, rate_limits
 from webapp.storage import keys
 
 PASSWORD = "correct horse battery"
+NO_ADDRESS_LIMIT = (rate_limits.per_minute(1000),)
+"""Failed logins allowed per address in tests of the limit per username."""
 
 
 def csrf(client, path="/login"):
@@ -163,9 +165,9 @@ def test_ten_failures_then_a_growing_wait_and_a_success_resets(app, client, real
     assert locked.status_code == 429
     assert "Try again in" in locked.text
     assert locked.headers["Retry-After"] == "1"
-    real_redis.hset(keys.login_failures("ada"), "until", 0)  # the wait is over
+    real_redis.hset(keys.login_failures("ada", "127.0.0.1"), "until", 0)  # the wait is over
     assert log_in(client, password="wrong again").status_code == 401
-    assert real_redis.hget(keys.login_failures("ada"), "count") == "11"
+    assert real_redis.hget(keys.login_failures("ada", "127.0.0.1"), "count") == "11"
     assert log_in(client).headers["Retry-After"] == "2"  # the delay doubled
 
 
@@ -323,7 +325,7 @@ def test_create_admin_reads_the_password_from_stdin(redis_server, real_redis, tm
     )
     assert result.returncode == 0, result.stderr
     assert "root is an admin." in result.stdout
-    user = accounts.authenticate(real_redis, "root", PASSWORD)
+    user = accounts.authenticate(real_redis, "root", PASSWORD, "127.0.0.1", NO_ADDRESS_LIMIT)
     assert user.is_admin
 
 
@@ -336,7 +338,9 @@ def test_parallel_wrong_passwords_are_held_to_the_limit(app, real_redis):
     def wrong_password():
         barrier.wait()
         try:
-            accounts.authenticate(real_redis, "ada", "not the password")
+            accounts.authenticate(
+                real_redis, "ada", "not the password", "127.0.0.1", NO_ADDRESS_LIMIT
+            )
         except accounts.LoginRefused as refused:
             outcomes.append("waited" if refused.retry_after else "checked")
 
@@ -347,7 +351,9 @@ def test_parallel_wrong_passwords_are_held_to_the_limit(app, real_redis):
         thread.join()
     assert len(outcomes) == 20
     assert outcomes.count("checked") == accounts.FREE_FAILURES
-    assert real_redis.hget(keys.login_failures("ada"), "count") == str(accounts.FREE_FAILURES)
+    assert real_redis.hget(keys.login_failures("ada", "127.0.0.1"), "count") == str(
+        accounts.FREE_FAILURES
+    )
 
 
 def test_a_conversation_started_while_moving_stays_listed(app, real_redis, lifetimes):
@@ -370,3 +376,87 @@ def test_a_conversation_started_while_moving_stays_listed(app, real_redis, lifet
     (late,) = started
     assert [c.id for c in conversations.list_conversations(real_redis, account)] == [moved]
     assert [c.id for c in conversations.list_conversations(real_redis, guest)] == [late]
+
+
+def test_an_attackers_failures_never_lock_the_owner_out(app, real_redis):
+    """Twenty wrong passwords for "ada" from an attacker's address: the attacker waits, and
+    Ada, from her own address, logs in at once with her password."""
+    register(app.test_client())
+    attacker = app.test_client()
+    attacker.environ_base["REMOTE_ADDR"] = "198.51.100.66"
+    statuses = [log_in(attacker, password=f"guess {n}").status_code for n in range(20)]
+    assert statuses[: accounts.FREE_FAILURES] == [401] * accounts.FREE_FAILURES
+    assert 429 in statuses
+    owner = app.test_client()
+    owner.environ_base["REMOTE_ADDR"] = "203.0.113.5"
+    assert log_in(owner).status_code == 302
+
+
+def test_the_limit_per_address_answers_before_any_password_is_checked(
+    make_app, real_redis, monkeypatch
+):
+    """Many usernames from one address: past the limit per address, 429 at once, with no
+    argon2 hash computed (each would cost the server tens of milliseconds)."""
+    app = make_app(LOGIN_FAILURES_PER_ADDRESS_PER_MINUTE=5)
+    hashed = []
+
+    class CountingHasher:
+        def verify(self, *args):
+            hashed.append(1)
+            return real.verify(*args)
+
+    real = accounts._hasher
+    monkeypatch.setattr(accounts, "_hasher", CountingHasher())
+    client = app.test_client()
+    statuses = [log_in(client, f"user{n}", "some guess").status_code for n in range(8)]
+    assert statuses == [401] * 5 + [429] * 3
+    assert len(hashed) == 5
+    refused = log_in(client, "user9", "some guess")
+    assert "Too many failed logins from here." in unescape(refused.text)
+    assert refused.headers["Retry-After"] == "60"
+    assert real_redis.exists(keys.USERNAMES) == 0  # nothing registered by trying
+
+
+def test_fresh_cookies_do_not_reset_the_guests_limit_on_model_calls(make_app, chat_factory):
+    """25 new chats from 25 new cookies on one address: past the address's limit, refused
+    with the text kept, and no conversation made; another address chats on."""
+    app = make_app(GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE=5)
+    r = app.extensions["redis"]
+    started = []
+    for number in range(25):
+        response = chat_factory(app).start(f"fresh cookie {number}")
+        started.append(response.status_code)
+        if response.status_code == 429:
+            assert f"fresh cookie {number}" in response.text
+    assert started == [302] * 5 + [429] * 20
+    assert len(list(r.scan_iter(match=keys.CONVERSATION_META_PATTERN))) == 5
+    elsewhere = chat_factory(app)
+    elsewhere.client.environ_base["REMOTE_ADDR"] = "203.0.113.9"
+    assert elsewhere.start("from another address").status_code == 302
+
+
+def test_an_account_is_held_to_its_own_limit_not_the_addresss(make_app, chat_factory):
+    app = make_app(GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE=1)
+    register(app.test_client(), "ada")
+    guest = chat_factory(app)
+    assert guest.start("a guest's one call").status_code == 302
+    assert chat_factory(app).start("another guest, same address").status_code == 429
+    account = chat_factory(app)
+    log_in(account.client)
+    assert account.start("an account on the same address").status_code == 302
+
+
+def test_registrations_are_limited_per_address(make_app, real_redis):
+    app = make_app(REGISTRATIONS_PER_ADDRESS_PER_HOUR=3)
+    client = app.test_client()
+    assert [register(client, f"user{n}").status_code for n in range(3)] == [302] * 3
+    client = app.test_client()
+    refused = register(client, "one_too_many")
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "3600"
+    assert "Too many accounts were made from here" in unescape(refused.text)
+    assert 'value="one_too_many"' in refused.text
+    assert accounts.find_user(real_redis, "one_too_many") is None
+    elsewhere = app.test_client()
+    elsewhere.environ_base["REMOTE_ADDR"] = "203.0.113.10"
+    assert register(elsewhere, "from_elsewhere").status_code == 302

@@ -10,7 +10,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from tests.app_server import AppServer
+from tests.app_server import AppServer, serving
 from webapp import cli, conversations
 from webapp.storage import connect, keys
 
@@ -76,3 +76,20 @@ def test_serve_with_embedded_redis_keeps_conversations_across_restarts(tmp_path)
         assert "You said:" in browser.get(urllib.parse.urlparse(landed[0]).path)
     finally:
         server.stop(signal.SIGINT)
+
+
+def test_the_served_app_believes_no_forwarded_header_without_trusted_proxies(
+    redis_server, tmp_path
+):
+    """Served by gunicorn with TRUSTED_PROXIES at its default 0, a client on loopback (where
+    gunicorn would otherwise trust X-Forwarded-Proto) can't make the app think it came over
+    HTTPS: cookies stay without Secure. With one trusted proxy, its header is believed."""
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"}
+    for proxies, secure in (("0", False), ("1", True)):
+        env = {"FLASK_TRUSTED_PROXIES": proxies}
+        with serving(redis_server.url, tmp_path / proxies, env=env) as server:
+            request = urllib.request.Request(server.url + "/", headers=forwarded)
+            with urllib.request.urlopen(request, timeout=10) as response:
+                cookies = response.headers.get_all("Set-Cookie")
+        assert cookies, "a guest's first visit sets its session cookie"
+        assert all(("; Secure" in cookie) is secure for cookie in cookies), (proxies, cookies)

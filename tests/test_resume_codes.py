@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import Chat
-from tests.test_auth import log_in, register
+from tests.test_auth import csrf, log_in, register
 from tests.test_metrics import admin_client_of, scrape, value
-from webapp import conversations, lifecycle, metrics, rate_limits, resume_codes
+from webapp import accounts, conversations, lifecycle, metrics, rate_limits, resume_codes
 from webapp.rate_limits import Window
 from webapp.resume_codes import ALPHABET, FAILED_ENTRIES, FAILED_ENTRY_LIMITS, LENGTH, normalise
 from webapp.storage import keys
@@ -607,3 +607,21 @@ def test_two_hundred_random_codes_find_nothing(app, chat, real_redis):
     assert failures(real_redis) == {"unknown": 210, "rate_limited": 190}
     assert metrics.read_counters(real_redis).get("resume_codes_redeemed", 0) == 0
     assert lifecycle.read_session(real_redis, conversation_id).parked
+
+
+def test_moving_a_conversation_into_an_account_retires_its_guest_code(app, chat, real_redis):
+    """A guest's code is a bearer key: once the guest moves the conversation into an account,
+    the code no longer opens it for another browser."""
+    conversation_id = chat.start_conversation("Mine, soon an account's")
+    code = issue_code(chat.client, conversation_id)
+    assert register(chat.client, "keeper").location.startswith("/account/move")
+    moved = chat.client.post(
+        "/account/move", data={"csrf_token": csrf(chat.client, "/account/move"), "next": "/"}
+    )
+    assert moved.status_code == 302
+    stranger = app.test_client()
+    response = enter_code(stranger, code)
+    assert response.status_code == 404
+    assert "already been used" in response.text
+    owner = conversations.get_conversation(real_redis, conversation_id).owner
+    assert owner == accounts.find_user(real_redis, "keeper").owner

@@ -151,3 +151,10 @@ def test_a_post_without_its_csrf_token_is_refused_and_changes_nothing(client, re
     # The same form with its token is accepted, so the refusal above was the token's doing.
     assert client.post("/register", data={"csrf_token": token, **account}).status_code == 302
     assert accounts.find_user(real_redis, "ada") is not None
+
+
+def test_pages_are_never_stored_but_static_files_may_be(chat):
+    conversation_id = chat.start_conversation("My bank PIN is 4321")
+    for path in ("/", f"/c/{conversation_id}", "/resume", "/login", "/no-such-page"):
+        assert chat.client.get(path).headers["Cache-Control"] == "no-store", path
+    assert chat.client.get("/static/app.css").headers.get("Cache-Control") != "no-store"

@@ -19,6 +19,7 @@ from webapp import (
     create_app,
     lifecycle,
     metrics,
+    rate_limits,
     resume_codes,
     runs,
 )
@@ -30,6 +31,7 @@ from webapp.storage.scripts import ALL_SCRIPTS, APPEND_MESSAGE_AND_TOUCH
 
 SECRET = "cluster-secret"
 PASSWORD = "correct horse battery"
+NO_ADDRESS_LIMIT = (rate_limits.per_minute(1000),)
 
 
 def user_message(text="Where do tides come from?"):
@@ -214,7 +216,7 @@ def test_a_fork_is_a_conversation_of_its_own(redis, lifetimes):
 
 def test_accounts_log_in_and_sign_out_everywhere(redis):
     user = accounts.register(redis, "ada", PASSWORD)
-    assert accounts.authenticate(redis, "Ada", PASSWORD) == user
+    assert accounts.authenticate(redis, "Ada", PASSWORD, "127.0.0.1", NO_ADDRESS_LIMIT) == user
     tokens = [accounts.start_login(redis, user, 600) for _ in range(2)]
     assert accounts.user_of_login(redis, user.id, tokens[0]) == user
     assert accounts.sign_out_everywhere(redis, user.id) == 2
@@ -301,6 +303,7 @@ def cluster_app(redis_cluster, tmp_path):
             "REDIS_CLUSTER": True,
             "OFFLINE_CHUNK_DELAY_SECONDS": 0,
             "MODEL_CALLS_PER_MINUTE": 1000,
+            "GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE": 1000,
         }
     )
     app.instance_path = str(tmp_path)

@@ -48,7 +48,7 @@ class Answering:
         self.text, self.stop_reason = text, stop_reason
         self.asked: list[list[Turn]] = []
 
-    def summarise(self, turns):
+    def summarise(self, turns, *, unverified=False):
         self.asked.append(list(turns))
         return SummaryText(self.text, self.stop_reason, USAGE)
 
@@ -72,7 +72,7 @@ class Failing:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def summarise(self, turns):
+    def summarise(self, turns, *, unverified=False):
         raise self.error
 
 

@@ -8,6 +8,7 @@ everywhere" (which removes them all) make old cookies useless, even replayed one
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -15,14 +16,16 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
-from webapp import owners
+from webapp import owners, rate_limits
 from webapp.storage import keys
 from webapp.storage.scripts import RESERVE_LOGIN_ATTEMPT
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
 PASSWORD_MIN, PASSWORD_MAX = 8, 256
 FREE_FAILURES = 10
-"""Consecutive failed logins per username before each further try must wait."""
+"""Consecutive failed logins per username and address before each further try must wait."""
+LOGIN_FAILURES = "login.failures"
+"""The scope of the failed logins' windows per client address, in their keys."""
 MAX_WAIT_SECONDS = 15 * 60
 FAILURES_KEPT_SECONDS = 86400
 
@@ -40,12 +43,17 @@ class AccountRejected(ValueError):
     """The registration cannot be made; the message says why, for the page."""
 
 
-class LoginRefused(Exception):
-    """Wrong username or password, or too many failures: ``retry_after`` seconds to wait."""
+class TooManyRegistrations(Exception):
+    """More accounts were registered from this client address in the hour than allowed."""
 
-    def __init__(self, retry_after: int = 0) -> None:
+
+class LoginRefused(Exception):
+    """Wrong username or password, or too many failures: ``retry_after`` seconds to wait;
+    ``from_address`` when it is the client address that tried too often."""
+
+    def __init__(self, retry_after: int = 0, from_address: bool = False) -> None:
         super().__init__(retry_after)
-        self.retry_after = retry_after
+        self.retry_after, self.from_address = retry_after, from_address
 
 
 @dataclass(frozen=True)
@@ -70,13 +78,39 @@ def _user(user_id: str, profile: dict) -> User:
     )
 
 
-def register(r: redis.Redis, username: str, password: str) -> User:
-    """Create an account, or raise AccountRejected with a reason a user can act on."""
+REGISTRATIONS = "registrations"
+"""The scope of the registrations' windows per client address, in their keys."""
+
+
+def register(
+    r: redis.Redis,
+    username: str,
+    password: str,
+    address: str | None = None,
+    limits: Sequence[rate_limits.Window] = (),
+) -> User:
+    """Create an account, or raise AccountRejected with a reason a user can act on. From a
+    client ``address`` (the web; None: the command line), held to ``limits`` per address,
+    checked once the form is valid and before its password is hashed: TooManyRegistrations
+    past them, with nothing written."""
     if not USERNAME.match(username):
         raise AccountRejected(
             "A username has 3 to 32 letters, digits, dots, dashes or underscores."
         )
     _check_password(password)
+    slot = rate_limits.reserve_slot(r, limits, REGISTRATIONS, address) if address else None
+    if address and slot is None:
+        raise TooManyRegistrations
+    try:
+        return _create(r, username, password)
+    except AccountRejected:
+        if slot:
+            rate_limits.give_back_slot(r, slot)  # a taken name made no account
+        raise
+
+
+def _create(r: redis.Redis, username: str, password: str) -> User:
+    """The account itself, or AccountRejected if the name is taken."""
     user_id = secrets.token_urlsafe(12)
     now = time.time()
     # The profile first, then the name: a crash in between leaves an unreachable profile,
@@ -124,19 +158,32 @@ def make_admin(r: redis.Redis, user: User) -> None:
     r.hset(keys.user_profile(user.id), "is_admin", "1")
 
 
-def authenticate(r: redis.Redis, username: str, password: str) -> User:
+def authenticate(
+    r: redis.Redis,
+    username: str,
+    password: str,
+    address: str,
+    address_limits: Sequence[rate_limits.Window],
+) -> User:
     """The user whose password this is; LoginRefused otherwise.
 
-    After FREE_FAILURES consecutive failures for a username (existing or not), each try
-    waits a delay that doubles with every further failure, up to MAX_WAIT_SECONDS; a
-    success resets the count. Each try is counted before its password is checked, so tries
-    sent together are held to the limit too.
+    Two limits, neither of which an attacker can turn against an account's owner: failed
+    logins from one client address (``address_limits``, checked before any password hash
+    is computed, so trying many usernames costs the server nothing), and consecutive
+    failures for a username from that address, after FREE_FAILURES of which each try waits
+    a delay that doubles with every further failure, up to MAX_WAIT_SECONDS (the owner, from
+    another address, is not held up). Each try takes its place in both before its password
+    is checked, so tries sent together are held to them too; a success gives it back.
     """
-    failures_key = keys.login_failures(username)
+    slot = rate_limits.reserve_slot(r, address_limits, LOGIN_FAILURES, address)
+    if slot is None:
+        raise LoginRefused(retry_after=rate_limits.MINUTE, from_address=True)
+    failures_key = keys.login_failures(username, address)
     wait = RESERVE_LOGIN_ATTEMPT.run(
         r, [failures_key], [time.time(), FREE_FAILURES, MAX_WAIT_SECONDS, FAILURES_KEPT_SECONDS]
     )
     if wait:
+        rate_limits.give_back_slot(r, slot)  # refused before any hash: no failure to count
         raise LoginRefused(retry_after=wait)
     user_id = r.hget(keys.USERNAMES, username.lower())
     stored = r.hget(keys.user_profile(user_id), "password_hash") if user_id else None
@@ -147,6 +194,7 @@ def authenticate(r: redis.Redis, username: str, password: str) -> User:
     except (VerificationError, InvalidHashError):
         raise LoginRefused() from None
     r.delete(failures_key)
+    rate_limits.give_back_slot(r, slot)  # a right password is not a failure
     return get_user(r, user_id)
 
 

@@ -29,6 +29,11 @@ class GunicornServer(BaseApplication):
             "accesslog": "-",
             # Several instances may run on one machine; none needs the control socket.
             "control_socket_disable": True,
+            # Forwarded headers are the app's to trust (TRUSTED_PROXIES, through ProxyFix):
+            # gunicorn itself believes none, not even from loopback, so with no proxy
+            # configured no header changes the scheme or the address.
+            "forwarded_allow_ips": "",
+            "secure_scheme_headers": {},
             "post_worker_init": when_worker_ready,
         }
         super().__init__()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from flask import Flask, current_app
 
+from webapp import rate_limits
 from webapp.conversations import Lifetimes
 from webapp.runs import RunSettings
 
@@ -36,8 +37,16 @@ DEFAULTS = {
     "TRUSTED_PROXIES": 0,
     # A login without "remember me" ends this long after it began.
     "LOGIN_SECONDS": 86400,
-    # Replies (and other model calls) one person may ask for per minute.
+    # Failed logins allowed from one client address, per minute and per day (whatever the
+    # usernames); past them, 429 before any password is checked.
+    "LOGIN_FAILURES_PER_ADDRESS_PER_MINUTE": 20,
+    "LOGIN_FAILURES_PER_ADDRESS_PER_DAY": 200,
+    # Accounts that may be registered from one client address per hour.
+    "REGISTRATIONS_PER_ADDRESS_PER_HOUR": 10,
+    # Replies (and other model calls) one person may ask for per minute...
     "MODEL_CALLS_PER_MINUTE": 20,
+    # ...and all guests from one client address together (a fresh cookie is a new guest).
+    "GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE": 60,
     # The longest message a user may send, in characters.
     "MAX_MESSAGE_CHARS": 16_000,
     # The largest request body, in bytes.
@@ -135,6 +144,10 @@ class Settings:
 
     lifetimes: Lifetimes
     runs: RunSettings
+    login_failure_limits: tuple[rate_limits.Window, ...]
+    """Failed logins allowed per client address."""
+    registration_limits: tuple[rate_limits.Window, ...]
+    """Registrations allowed per client address."""
 
 
 def settings_of(config: dict) -> Settings:
@@ -151,6 +164,13 @@ def settings_of(config: dict) -> Settings:
             heartbeat_seconds=float(config["RUN_HEARTBEAT_SECONDS"]),
             stale_seconds=float(config["RUN_STALE_SECONDS"]),
             context_budget_tokens=int(config["CONTEXT_BUDGET_TOKENS"]),
+        ),
+        login_failure_limits=(
+            rate_limits.per_minute(int(config["LOGIN_FAILURES_PER_ADDRESS_PER_MINUTE"])),
+            rate_limits.per_day(int(config["LOGIN_FAILURES_PER_ADDRESS_PER_DAY"])),
+        ),
+        registration_limits=(
+            rate_limits.per_hour(int(config["REGISTRATIONS_PER_ADDRESS_PER_HOUR"])),
         ),
     )
 

@@ -19,6 +19,7 @@ from webapp.storage.scripts import (
     CHANGE_OWNER,
     CONVERSATION_GONE,
     SAVE_DRAFT,
+    UPDATE_IF_EXISTS,
     execute_pipeline,
     refusal,
 )
@@ -272,7 +273,8 @@ def give_conversation(
 
 def move_conversations(r: redis.Redis, from_owner: str, to_owner: str) -> int:
     """Give every live conversation of ``from_owner`` to ``to_owner`` (a guest's, on logging
-    in). Returns how many moved.
+    in). Returns how many moved. Their resume codes are retired: a guest's code is a bearer
+    key, and once the conversation is an account's, no other browser may redeem it.
 
     Only the entries moved leave the old index: a conversation the guest starts meanwhile
     (in another tab) stays listed as the guest's, never lost from both lists. The two
@@ -295,7 +297,17 @@ def move_conversations(r: redis.Redis, from_owner: str, to_owner: str) -> int:
         pipe.expire(target, retention, gt=True)
         pipe.expire(target, retention, nx=True)
         pipe.zrem(source, *kept)
-        pipe.execute()
+        for conversation_id in kept:
+            pipe.smembers(keys.conversation_codes(conversation_id))
+        code_hashes = [code for codes in pipe.execute()[-len(kept) :] for code in codes]
+        retired_at = int(time.time())
+
+        def retire(pipe):
+            for code_hash in code_hashes:  # each under its own hash tag
+                UPDATE_IF_EXISTS.queue(pipe, [keys.resume_code(code_hash)], ["used_at", retired_at])
+
+        if code_hashes:
+            execute_pipeline(r, retire)
     return len(kept)
 
 

@@ -15,7 +15,7 @@ clock = time.time
 """The clock the windows are measured with, in seconds. A module attribute, so that a test
 can move it on instead of sleeping through minutes and days."""
 
-MINUTE, DAY = 60, 86_400
+MINUTE, HOUR, DAY = 60, 3600, 86_400
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,10 @@ class Window:
 
 def per_minute(limit: int) -> Window:
     return Window(limit, MINUTE, "minute")
+
+
+def per_hour(limit: int) -> Window:
+    return Window(limit, HOUR, "hour")
 
 
 def per_day(limit: int) -> Window:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import redis
 
-from webapp import conversations, lifecycle, metrics, rate_limits, runs, summaries
+from webapp import conversations, lifecycle, metrics, owners, rate_limits, runs, summaries
 from webapp.conversations import Conversation, Lifetimes, Message
 from webapp.llm import Provider
 from webapp.run_worker import RunWorker
@@ -30,6 +30,27 @@ class UnknownRun(LookupError):
     """The run named is not the conversation's latest."""
 
 
+class ModelCall:
+    """The model-call slots taken for one call about to be made: the asker's, and for a
+    guest the client address's too (a fresh cookie is a new guest, not a new address)."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self._r, self._slots = r, []
+
+    def take(self, windows: tuple[rate_limits.Window, ...], client: str) -> bool:
+        """Take a slot of ``client``'s in ``windows``; False when one is full."""
+        slot = rate_limits.reserve_slot(self._r, windows, MODEL_CALL_SCOPE, client)
+        if slot is not None:
+            self._slots.append(slot)
+        return slot is not None
+
+    def give_back(self) -> None:
+        """No call is made after all: free the slots (once, however often asked)."""
+        slots, self._slots = self._slots, []
+        for slot in slots:
+            rate_limits.give_back_slot(self._r, slot)
+
+
 class Replies:
     """The model calls people ask for, with the clients and settings built at start-up."""
 
@@ -42,54 +63,61 @@ class Replies:
         run_settings: RunSettings,
         *,
         calls_per_minute: int,
+        guest_calls_per_address_per_minute: int,
     ) -> None:
         self.r, self.provider, self.worker = r, provider, worker
         self.lifetimes, self.run_settings = lifetimes, run_settings
         self.limit = (rate_limits.per_minute(calls_per_minute),)
+        self.address_limit = (rate_limits.per_minute(guest_calls_per_address_per_minute),)
 
     @contextlib.contextmanager
-    def _model_call(self, asker: str) -> Iterator[rate_limits.Slot]:
-        """Take one of ``asker``'s model-call slots for the block, or raise TooManyModelCalls.
-        The slot is given back if the block raises: no call was made."""
-        slot = rate_limits.reserve_slot(self.r, self.limit, MODEL_CALL_SCOPE, asker)
-        if slot is None:
+    def _model_call(self, asker: str, address: str) -> Iterator[ModelCall]:
+        """Take one of ``asker``'s model-call slots for the block (and, for a guest, one of
+        its address's), or raise TooManyModelCalls. The slots are given back if the block
+        raises: no call was made."""
+        limits = [(self.limit, asker)]
+        if owners.is_guest(asker):
+            limits.append((self.address_limit, address))
+        call = ModelCall(self.r)
+        if not all(call.take(windows, client) for windows, client in limits):
+            call.give_back()
             raise TooManyModelCalls
         try:
-            yield slot
+            yield call
         except Exception:
-            rate_limits.give_back_slot(self.r, slot)
+            call.give_back()
             raise
 
-    def _start(self, slot: rate_limits.Slot, conversation_id: str, owner: str, **how) -> None:
-        """Start a run (see runs.start_run) with the slot taken, and hand it to the worker."""
+    def _start(self, call: ModelCall, conversation_id: str, owner: str, **how) -> None:
+        """Start a run (see runs.start_run) with the slots taken, and hand it to the worker."""
         run = runs.start_run(
             self.r, conversation_id, owner, self.lifetimes, self.run_settings, **how
         )
         if run is None:
-            rate_limits.give_back_slot(self.r, slot)  # a repeat: its reply is under way
+            call.give_back()  # a repeat: its reply is under way
         else:
             self.worker.submit(run, how.get("prefix", ""))
 
-    def start_conversation(self, owner: str, message: Message) -> str:
+    def start_conversation(self, owner: str, address: str, message: Message) -> str:
         """A new conversation of ``owner`` whose reply to ``message`` is being written; its
         id. Raises TooManyModelCalls (and creates nothing)."""
-        with self._model_call(owner) as slot:
+        with self._model_call(owner, address) as call:
             conversation_id = conversations.create_conversation(self.r, owner, self.lifetimes)
-            self._start(slot, conversation_id, owner, user_message=message)
+            self._start(call, conversation_id, owner, user_message=message)
         return conversation_id
 
-    def send(self, conversation: Conversation, message: Message) -> None:
+    def send(self, conversation: Conversation, address: str, message: Message) -> None:
         """Store ``message`` and start its reply. Raises TooManyModelCalls, RunInProgress,
         SessionExpired or ConversationGone; a repeat of a message sent already does nothing."""
-        with self._model_call(conversation.owner) as slot:
+        with self._model_call(conversation.owner, address) as call:
             try:
-                self._start(slot, conversation.id, conversation.owner, user_message=message)
+                self._start(call, conversation.id, conversation.owner, user_message=message)
             except RunInProgress:
                 # Its writer may have died: a stale run ends when seen, and the send goes on.
                 latest = runs.seen_run(self.r, conversation.id, self.lifetimes, self.run_settings)
                 if latest is not None and latest.running:
                     raise
-                self._start(slot, conversation.id, conversation.owner, user_message=message)
+                self._start(call, conversation.id, conversation.owner, user_message=message)
 
     def latest_run(self, conversation: Conversation, run_id: str) -> Run:
         """The conversation's latest run, if it is ``run_id``; UnknownRun otherwise."""
@@ -98,7 +126,9 @@ class Replies:
             raise UnknownRun(run_id)
         return run
 
-    def redo(self, conversation: Conversation, run_id: str, *, carry_on: bool) -> None:
+    def redo(
+        self, conversation: Conversation, address: str, run_id: str, *, carry_on: bool
+    ) -> None:
         """Write the reply of a run that ended early again: carrying on from its partial
         text, or afresh. Does nothing if it is done or running, if another tab pressed it
         first, or if the session ended meanwhile (the page then offers to catch up).
@@ -114,9 +144,9 @@ class Replies:
                 prefix = last[0].content
         with (
             contextlib.suppress(RunInProgress, SessionExpired),
-            self._model_call(conversation.owner) as slot,
+            self._model_call(conversation.owner, address) as call,
         ):
-            self._start(slot, conversation.id, conversation.owner, replacing=run, prefix=prefix)
+            self._start(call, conversation.id, conversation.owner, replacing=run, prefix=prefix)
 
     def stop(self, conversation: Conversation, run_id: str) -> None:
         """Stop the run from any tab, keeping what it wrote. Raises UnknownRun."""
@@ -124,18 +154,21 @@ class Replies:
         if run.running:
             runs.request_stop(self.r, run, self.lifetimes, self.run_settings)
 
-    def catch_up(self, conversation: Conversation) -> None:
+    def catch_up(self, conversation: Conversation, address: str) -> None:
         """Where were we? Start summarising the conversation in the background; a new
         session starts from the summary (see runs.write_catch_up). Nothing starts if a
         session is alive again, or another tab's catch-up is under way.
         Raises TooManyModelCalls or ConversationGone."""
-        with contextlib.suppress(RunInProgress), self._model_call(conversation.owner) as slot:
-            self._start(slot, conversation.id, conversation.owner, kind=runs.CATCH_UP)
+        with (
+            contextlib.suppress(RunInProgress),
+            self._model_call(conversation.owner, address) as call,
+        ):
+            self._start(call, conversation.id, conversation.owner, kind=runs.CATCH_UP)
 
-    def restore(self, owner: str, copy: Sequence[Message]) -> str:
+    def restore(self, owner: str, address: str, copy: Sequence[Message]) -> str:
         """A new conversation of ``owner`` caught up from a browser's copy of one that is
         gone (see lifecycle.parse_browser_copy); its id. Raises TooManyModelCalls."""
-        with self._model_call(owner):
+        with self._model_call(owner, address):
             conversation_id, summary = lifecycle.restore_from_copy(
                 self.r, self.provider, owner, copy, self.lifetimes
             )

@@ -4,7 +4,7 @@ redirects that stay on this site."""
 import re
 from urllib.parse import unquote, urlsplit
 
-from flask import Flask
+from flask import Flask, request
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -29,6 +29,10 @@ def init_app(app: Flask) -> None:
 
 def _add_security_headers(response):
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    if request.endpoint != "static":
+        # Every page but the static files may show a conversation, an account or the
+        # console: no browser or proxy keeps a copy (ASVS V14.3).
+        response.headers["Cache-Control"] = "no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "same-origin"
     return response

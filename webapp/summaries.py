@@ -25,11 +25,12 @@ class Summary:
     """The size of what it summarised, in tokens: what a session starting from it saves."""
 
 
-def summarise(provider: Provider, turns: Sequence[Turn]) -> Summary:
-    """One summarisation call; a local extractive summary instead if the model fails, stops
-    at its length limit (a summary cut short misses what comes next) or writes nothing."""
+def summarise(provider: Provider, turns: Sequence[Turn], *, unverified: bool = False) -> Summary:
+    """One summarisation call (of ``unverified`` turns: a browser's copy, see
+    Provider.summarise); a local extractive summary instead if the model fails, stops at its
+    length limit (a summary cut short misses what comes next) or writes nothing."""
     try:
-        written = provider.summarise(turns)
+        written = provider.summarise(turns, unverified=unverified)
     except ModelError:
         written = None
     if written and written.text.strip() and written.stop_reason != MAX_TOKENS:

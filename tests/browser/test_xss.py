@@ -200,6 +200,7 @@ def claude_server(serve, fake_anthropic):
         env={"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": fake_anthropic.url},
         ANTHROPIC_MAX_RETRIES=0,
         MODEL_CALLS_PER_MINUTE=10_000,
+        GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE=10_000,
     )
 
 

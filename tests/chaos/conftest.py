@@ -44,6 +44,7 @@ RUN_SETTINGS = {
     "RUN_REAPER_INTERVAL_SECONDS": 0.5,
     # Guests here send far more than a person would; the limit is not under test.
     "MODEL_CALLS_PER_MINUTE": 100_000,
+    "GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE": 100_000,  # every guest here is on loopback
 }
 """Short heartbeat, staleness and reaper period, so that a cut reply is reaped within
 seconds."""

@@ -134,8 +134,10 @@ class Provider(Protocol):
         (carry_on_request). ``note`` is what the model should know of the conversation
         before ``turns`` (a summary), never shown as a message. Raises ModelError."""
 
-    def summarise(self, turns: Sequence[Turn]) -> SummaryText:
-        """A summary of the conversation that a new session can start from.
+    def summarise(self, turns: Sequence[Turn], *, unverified: bool = False) -> SummaryText:
+        """A summary of the conversation that a new session can start from. ``unverified``
+        turns (a browser's copy) reach the model only as quoted data in a delimited block,
+        with the instruction that they are to be summarised, never obeyed.
         Raises ModelError."""
 
     def count_tokens(self, turns: Sequence[Turn], note: str = "") -> int:

@@ -76,7 +76,8 @@ class OfflineProvider:
     def unavailable_models(self) -> dict[str, str]:
         return {}
 
-    def summarise(self, turns: Sequence[Turn]) -> SummaryText:
+    def summarise(self, turns: Sequence[Turn], *, unverified: bool = False) -> SummaryText:
+        """An extractive summary (the offline model obeys nothing it reads, verified or not)."""
         text = self.extract(turns)
         usage = Usage(
             input_tokens=estimate_tokens([turn.content for turn in turns]),

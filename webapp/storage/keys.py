@@ -126,9 +126,11 @@ USERNAMES = f"{PREFIX}:usernames"
 """Hash: lower-cased username -> user id. No TTL."""
 
 
-def login_failures(username: str) -> str:
-    """Hash: consecutive failed logins for a username (count, until). TTL: one day."""
-    return f"{PREFIX}:login-failures:{{{username.lower()}}}"
+def login_failures(username: str, address: str) -> str:
+    """Hash: consecutive failed logins for a username from one client address (count,
+    until), so that an attacker's failures never lock its owner out elsewhere. TTL: one
+    day."""
+    return f"{PREFIX}:login-failures:{{{username.lower()}}}:{address}"
 
 
 OWNER_CONVERSATIONS_PATTERN = f"{PREFIX}:owner:*:conversations"

@@ -4,11 +4,11 @@ conversations into the account."""
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from webapp import accounts, conversations
-from webapp.accounts import AccountRejected, LoginRefused
+from webapp import accounts, config, conversations, rate_limits
+from webapp.accounts import AccountRejected, LoginRefused, TooManyRegistrations
 from webapp.security import same_site_path
 from webapp.storage import get_redis
-from webapp.views.identity import guest_owner, log_in, log_out
+from webapp.views.identity import client_address, guest_owner, log_in, log_out
 
 bp = Blueprint("auth", __name__)
 
@@ -34,12 +34,24 @@ def register():
         return render_template("auth/register.html", next=_next_url())
     username = request.form.get("username", "").strip()
     try:
-        user = accounts.register(get_redis(), username, request.form.get("password", ""))
+        user = accounts.register(
+            get_redis(),
+            username,
+            request.form.get("password", ""),
+            client_address(),
+            config.current().registration_limits,
+        )
     except AccountRejected as error:
         page = render_template(
             "auth/register.html", error=str(error), username=username, next=_next_url()
         )
         return page, 400
+    except TooManyRegistrations:
+        error = "Too many accounts were made from here in the last hour. Try again later."
+        page = render_template(
+            "auth/register.html", error=error, username=username, next=_next_url()
+        )
+        return page, 429, {"Retry-After": str(rate_limits.HOUR)}
     log_in(user, remember=False)
     return _after_login()
 
@@ -50,9 +62,18 @@ def login():
         return render_template("auth/login.html", next=_next_url())
     username = request.form.get("username", "").strip()
     try:
-        user = accounts.authenticate(get_redis(), username, request.form.get("password", ""))
+        user = accounts.authenticate(
+            get_redis(),
+            username,
+            request.form.get("password", ""),
+            client_address(),
+            config.current().login_failure_limits,
+        )
     except LoginRefused as refused:
-        if refused.retry_after:
+        if refused.from_address:
+            error = f"Too many failed logins from here. Try again in {refused.retry_after} seconds."
+            status = 429
+        elif refused.retry_after:
             error = (
                 "Too many failed attempts for this username. "
                 f"Try again in {refused.retry_after} seconds."
@@ -66,10 +87,15 @@ def login():
     return _after_login()
 
 
+FORGET_THIS_BROWSERS_COPIES = {"Clear-Site-Data": '"storage"'}
+"""On logging out, the browser drops every copy and draft it kept (localStorage): the next
+person at this browser finds none of them."""
+
+
 @bp.post("/logout")
 def logout():
     log_out()
-    return redirect(url_for("chat.index"))
+    return redirect(url_for("chat.index")), FORGET_THIS_BROWSERS_COPIES
 
 
 @bp.post("/account/sign-out-everywhere")
@@ -77,7 +103,7 @@ def logout():
 def sign_out_everywhere():
     accounts.sign_out_everywhere(get_redis(), current_user.user.id)
     log_out()
-    return redirect(url_for("auth.login"))
+    return redirect(url_for("auth.login")), FORGET_THIS_BROWSERS_COPIES
 
 
 @bp.route("/account/move", methods=["GET", "POST"])

@@ -23,7 +23,7 @@ from webapp.rendering import format_time
 from webapp.replies import Replies, TooManyModelCalls, UnknownRun
 from webapp.runs import RunInProgress, SessionExpired, follow
 from webapp.storage import WATCH_BLOCK_MS, get_blocking_redis, get_redis
-from webapp.views.identity import current_owner
+from webapp.views.identity import client_address, current_owner
 
 bp = Blueprint("chat", __name__)
 
@@ -84,7 +84,9 @@ def index():
 def start():
     draft = request.form.get("text", "")
     try:
-        conversation_id = _replies().start_conversation(current_owner(), _message_from_form())
+        conversation_id = _replies().start_conversation(
+            current_owner(), client_address(), _message_from_form()
+        )
     except MessageRejected as error:
         return _render_index(error=str(error), draft=draft), 400
     except TooManyModelCalls:
@@ -109,7 +111,7 @@ def restore():
         copy = lifecycle.parse_browser_copy(
             request.form.get("copy", ""), int(current_app.config["MAX_MESSAGE_CHARS"])
         )
-        conversation_id = _replies().restore(current_owner(), copy)
+        conversation_id = _replies().restore(current_owner(), client_address(), copy)
     except lifecycle.CopyRejected as rejected:
         page = render_template("chat/gone.html", conversation_id="", rejected=str(rejected))
         return page, 400
@@ -123,7 +125,7 @@ def send(conversation_id: str):
     conversation = _owned_conversation(conversation_id)
     draft = request.form.get("text", "")
     try:
-        _replies().send(conversation, _message_from_form())
+        _replies().send(conversation, client_address(), _message_from_form())
     except MessageRejected as error:
         return _render_conversation(conversation, error=str(error), draft=draft), 400
     except RunInProgress:
@@ -160,7 +162,7 @@ def _redo(conversation_id: str, run_id: str, carry_on: bool):
     """Write the reply of a run that ended early again: from its partial text, or afresh."""
     conversation = _owned_conversation(conversation_id)
     try:
-        _replies().redo(conversation, run_id, carry_on=carry_on)
+        _replies().redo(conversation, client_address(), run_id, carry_on=carry_on)
     except (UnknownRun, ConversationGone):
         abort(404)
     except TooManyModelCalls:
@@ -173,7 +175,7 @@ def catch_up(conversation_id: str):
     """Where were we? Summarise the conversation and start a new session from the summary."""
     conversation = _owned_conversation(conversation_id)
     try:
-        _replies().catch_up(conversation)
+        _replies().catch_up(conversation, client_address())
     except TooManyModelCalls:
         return _render_conversation(conversation, error=TOO_MANY_TEXT), 429
     except ConversationGone:

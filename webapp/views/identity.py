@@ -51,6 +51,13 @@ def init_app(app: Flask) -> None:
     login_manager.init_app(app)
 
 
+def client_address() -> str:
+    """The client's address, for the limits kept per address: ProxyFix has taken it from
+    X-Forwarded-For behind TRUSTED_PROXIES. Without one (a Unix socket and no proxy), such
+    clients share their limits."""
+    return request.remote_addr or "unknown"
+
+
 def guest_owner() -> str | None:
     """This browser's guest identity, if it has one."""
     return owners.of_guest(session["guest_id"]) if "guest_id" in session else None

@@ -14,7 +14,7 @@ from flask import (
 from webapp import config, resume_codes
 from webapp.resume_codes import CodeRefused, LoginNeeded
 from webapp.storage import get_redis
-from webapp.views.identity import current_owner
+from webapp.views.identity import client_address, current_owner
 
 bp = Blueprint("resume", __name__)
 
@@ -48,7 +48,7 @@ def redeem():
             current_app.config["SECRET_KEY"],
             entry,
             current_owner(),
-            _client_address(),
+            client_address(),
             config.current().lifetimes,
         )
     except LoginNeeded as needed:
@@ -58,12 +58,6 @@ def redeem():
             abort(429)
         return _refused(refused.reason, entry)
     return _to_conversation(conversation_id)
-
-
-def _client_address() -> str:
-    """The client's address: ProxyFix has taken it from X-Forwarded-For behind
-    TRUSTED_PROXIES. Without one (a Unix socket and no proxy), such clients share a limit."""
-    return request.remote_addr or "unknown"
 
 
 @bp.get("/resume/continue")
