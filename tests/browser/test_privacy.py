@@ -1,10 +1,11 @@
-"""What this browser keeps goes when it should: deleting a conversation removes its copy and
-its draft from the browser's storage, and logging out removes every copy and draft."""
+"""A visitor's privacy in the browser: what it keeps goes when it should (deleting a
+conversation removes its copy and draft from the browser's storage, logging out removes
+every copy and draft), and a hostile next= can't send it to another site after login."""
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.test_lifecycle import conversation_id, register, send
+from tests.browser.test_lifecycle import PASSWORD, conversation_id, register, send
 
 pytestmark = pytest.mark.browser
 
@@ -70,3 +71,17 @@ def test_logging_out_forgets_every_copy_and_draft(app, page, new_context):
     assert kept(page) == {}
     page.goto(f"{app.url}/")
     assert SECRET not in page.content()
+
+
+@pytest.mark.parametrize("target", ["/\\evil.example/", "/%09/evil.example", "//evil.example"])
+def test_a_hostile_next_leaves_the_browser_on_this_site_after_login(app, page, target):
+    """The browser, not only the Location header: after logging in with a hostile next=, it
+    is still on this site (Chromium reads "/\\evil" and "/\\t/evil" as another host)."""
+    register(page, app.url, "redirected")
+    page.get_by_role("button", name="Log out").click()
+    page.goto(f"{app.url}/login?next={target}")
+    page.get_by_label("Username").fill("redirected")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Start a new chat")).to_be_visible()
+    assert page.url.startswith(app.url), page.url
