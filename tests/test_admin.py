@@ -10,7 +10,7 @@ from redis.connection import Connection
 
 from tests.conftest import Chat
 from webapp import accounts, conversations
-from webapp.admin import listing
+from webapp.llm import USAGE_FIELDS
 from webapp.storage import keys
 
 PASSWORD = "correct horse battery"
@@ -599,6 +599,6 @@ def test_the_console_shows_the_tokens_each_conversation_was_billed_for(
     chat.send(talked, "And spring tides?")
     chat.wait_for_reply(talked)
     meta = real_redis.hgetall(keys.conversation_meta(talked))
-    billed = sum(int(meta.get(field, 0)) for field in listing.TOKEN_FIELDS)
+    billed = sum(int(meta.get(field, 0)) for field in USAGE_FIELDS)
     assert billed > 0
     assert rows(admin.get("/admin").text)[talked]["tokens"] == billed

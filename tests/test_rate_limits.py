@@ -152,3 +152,19 @@ def test_reservations_arriving_together_never_exceed_the_limit(real_redis, clock
     # The 27 refused ones were not charged to the day window: three of it are left.
     clock.advance(MINUTE)
     assert reserve_together(real_redis, windows, 32) == 3
+
+
+def test_slots_of_several_clients_are_all_taken_or_none(redis, clock):
+    """A guest's model call takes a slot of its own and one of its address's, in one round
+    trip: when the address is full, the guest's slot is given back, not used up."""
+    windows = (per_minute(2),)
+    assert take(redis, windows, 1, client="198.51.100.1") == 1
+    assert rate_limits.reserve_slots(
+        redis, [(windows, SCOPE, "guest:a"), (windows, SCOPE, "198.51.100.1")]
+    )
+    full = rate_limits.reserve_slots(
+        redis, [(windows, SCOPE, "guest:a"), (windows, SCOPE, "198.51.100.1")]
+    )
+    assert full is None  # the address has had its two
+    assert reserve_slot(redis, windows, SCOPE, "guest:a") is not None  # one left, not zero
+    assert reserve_slot(redis, windows, SCOPE, "guest:a") is None

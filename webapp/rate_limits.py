@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import redis
 
 from webapp.storage import keys
-from webapp.storage.scripts import GIVE_BACK_SLOT, RESERVE_SLOT
+from webapp.storage.scripts import GIVE_BACK_SLOT, RESERVE_SLOT, execute_pipeline
 
 clock = time.time
 """The clock the windows are measured with, in seconds. A module attribute, so that a test
@@ -56,10 +56,40 @@ def reserve_slot(r: redis.Redis, windows: Sequence[Window], scope: str, client: 
     """Atomically take a slot for ``client`` in every one of ``windows``, or none: None when
     one is full. Taking it before the attempt, not counting after, is what keeps attempts
     arriving together within the limit. One round trip."""
-    window_keys = tuple(window_key(client, scope, window) for window in windows)
-    limits = [value for window in windows for value in (window.limit, window.seconds * 1000)]
-    began = RESERVE_SLOT.run(r, window_keys, [int(clock() * 1000), *limits])
-    return Slot(window_keys, tuple(began)) if began else None
+    slots = reserve_slots(r, [(windows, scope, client)])
+    return slots[0] if slots else None
+
+
+def reserve_slots(
+    r: redis.Redis, limits: Sequence[tuple[Sequence[Window], str, str]]
+) -> list[Slot] | None:
+    """A slot in each of ``limits`` (windows, scope, client), all taken in one round trip
+    (each client's windows atomically, under its own hash tag), or None when one is full:
+    then the others taken are given back."""
+    now = int(clock() * 1000)
+    requests = [
+        (
+            tuple(window_key(client, scope, window) for window in windows),
+            [value for window in windows for value in (window.limit, window.seconds * 1000)],
+        )
+        for windows, scope, client in limits
+    ]
+
+    def queue(pipe):
+        for window_keys, args in requests:
+            RESERVE_SLOT.queue(pipe, window_keys, [now, *args])
+
+    answers = execute_pipeline(r, queue)
+    slots = [
+        Slot(window_keys, tuple(began))
+        for (window_keys, _), began in zip(requests, answers, strict=True)
+        if began
+    ]
+    if len(slots) == len(requests):
+        return slots
+    for slot in slots:
+        give_back_slot(r, slot)
+    return None
 
 
 def give_back_slot(r: redis.Redis, slot: Slot) -> None:

@@ -34,15 +34,8 @@ class ModelCall:
     """The model-call slots taken for one call about to be made: the asker's, and for a
     guest the client address's too (a fresh cookie is a new guest, not a new address)."""
 
-    def __init__(self, r: redis.Redis) -> None:
-        self._r, self._slots = r, []
-
-    def take(self, windows: tuple[rate_limits.Window, ...], client: str) -> bool:
-        """Take a slot of ``client``'s in ``windows``; False when one is full."""
-        slot = rate_limits.reserve_slot(self._r, windows, MODEL_CALL_SCOPE, client)
-        if slot is not None:
-            self._slots.append(slot)
-        return slot is not None
+    def __init__(self, r: redis.Redis, slots: list[rate_limits.Slot]) -> None:
+        self._r, self._slots = r, slots
 
     def give_back(self) -> None:
         """No call is made after all: free the slots (once, however often asked)."""
@@ -75,13 +68,13 @@ class Replies:
         """Take one of ``asker``'s model-call slots for the block (and, for a guest, one of
         its address's), or raise TooManyModelCalls. The slots are given back if the block
         raises: no call was made."""
-        limits = [(self.limit, asker)]
+        limits = [(self.limit, MODEL_CALL_SCOPE, asker)]
         if owners.is_guest(asker):
-            limits.append((self.address_limit, address))
-        call = ModelCall(self.r)
-        if not all(call.take(windows, client) for windows, client in limits):
-            call.give_back()
+            limits.append((self.address_limit, MODEL_CALL_SCOPE, address))
+        slots = rate_limits.reserve_slots(self.r, limits)  # one round trip
+        if slots is None:
             raise TooManyModelCalls
+        call = ModelCall(self.r, slots)
         try:
             yield call
         except Exception:

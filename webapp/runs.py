@@ -23,7 +23,16 @@ from webapp.conversations import (
     new_id,
     queue_owner_index,
 )
-from webapp.llm import MAX_TOKENS, REFUSAL, Finished, ModelError, Provider, Thinking, Usage
+from webapp.llm import (
+    MAX_TOKENS,
+    REFUSAL,
+    USAGE_FIELDS,
+    Finished,
+    ModelError,
+    Provider,
+    Thinking,
+    Usage,
+)
 from webapp.storage import keys
 from webapp.storage.scripts import (
     ADD_RUN_CHUNK,
@@ -129,12 +138,7 @@ def latest_run(r: redis.Redis, conversation_id: str) -> Run | None:
         error_message=fields.get("error_message", ""),
         kind=fields.get("kind", REPLY),
         phase=fields.get("phase", ""),
-        usage=Usage(
-            input_tokens=int(fields.get("input_tokens", 0)),
-            cache_write_tokens=int(fields.get("cache_write_tokens", 0)),
-            cache_read_tokens=int(fields.get("cache_read_tokens", 0)),
-            output_tokens=int(fields.get("output_tokens", 0)),
-        ),
+        usage=Usage(**{name: int(fields.get(name, 0)) for name in USAGE_FIELDS}),
     )
 
 
@@ -267,10 +271,7 @@ def finish_run(
                 settings.events_ttl_after_end,
                 DEDUPE_WINDOW,
                 finished.model if finished else "",
-                usage.input_tokens,
-                usage.cache_write_tokens,
-                usage.cache_read_tokens,
-                usage.output_tokens,
+                *(getattr(usage, name) for name in USAGE_FIELDS),
             ],
         )
         if run.owner:

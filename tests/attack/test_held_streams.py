@@ -39,24 +39,28 @@ def test_a_watch_of_an_ended_run_past_its_last_event_ends_at_once(chat):
     assert [(event, data["status"]) for event, _, data in frames] == [("end", runs.DONE)]
 
 
+def reply_whose_writer_died(chat, app, partial=""):
+    """A conversation whose latest reply was started, wrote ``partial``, and then lost its
+    writer (no worker writes it, its heartbeat is stale: as if its process was killed);
+    the conversation's id and that run."""
+    r, settings = app.extensions["redis"], app.extensions["settings"]
+    conversation_id = chat.start_conversation("First")
+    owner = conversations.get_conversation(r, conversation_id).owner
+    message = conversations.Message(conversations.new_id(), "user", "Second", time.time())
+    run = runs.start_run(
+        r, conversation_id, owner, settings.lifetimes, settings.runs, user_message=message
+    )
+    if partial:
+        runs.add_chunk(r, run, partial, settings.runs)
+    stale = time.time() - settings.runs.stale_seconds - 1
+    r.hset(keys.conversation_run(conversation_id), "heartbeat_at", stale)
+    return conversation_id, run
+
+
 def test_a_reply_whose_writer_died_shows_interrupted_as_soon_as_it_is_seen(chat, real_redis, app):
     """No reaper runs in this test (its interval is a minute): the page and the watcher end
     the run themselves, and the next message can be sent at once."""
-    conversation_id = chat.start_conversation("First")
-    conversation = conversations.get_conversation(real_redis, conversation_id)
-    settings = app.extensions["settings"]
-    message = conversations.Message(conversations.new_id(), "user", "Second", time.time())
-    run = runs.start_run(
-        real_redis,
-        conversation_id,
-        conversation.owner,
-        settings.lifetimes,
-        settings.runs,
-        user_message=message,
-    )  # started, but no worker writes it: as if its process was killed
-    runs.add_chunk(real_redis, run, "Half a rep", settings.runs)
-    stale = time.time() - settings.runs.stale_seconds - 1
-    real_redis.hset(keys.conversation_run(conversation_id), "heartbeat_at", stale)
+    conversation_id, run = reply_whose_writer_died(chat, app, partial="Half a rep")
     page = unescape(chat.client.get(f"/c/{conversation_id}").text)
     assert "This reply was interrupted" in page
     assert "Half a rep" in page
@@ -67,20 +71,7 @@ def test_a_reply_whose_writer_died_shows_interrupted_as_soon_as_it_is_seen(chat,
 
 
 def test_a_send_ends_a_stale_run_rather_than_waiting_for_the_reaper(chat, real_redis, app):
-    conversation_id = chat.start_conversation("First")
-    conversation = conversations.get_conversation(real_redis, conversation_id)
-    settings = app.extensions["settings"]
-    message = conversations.Message(conversations.new_id(), "user", "Second", time.time())
-    run = runs.start_run(
-        real_redis,
-        conversation_id,
-        conversation.owner,
-        settings.lifetimes,
-        settings.runs,
-        user_message=message,
-    )
-    stale = time.time() - settings.runs.stale_seconds - 1
-    real_redis.hset(keys.conversation_run(conversation_id), "heartbeat_at", stale)
+    conversation_id, run = reply_whose_writer_died(chat, app)
     response = chat.send(conversation_id, "Are you there?")
     assert response.status_code == 302, response.text
     assert chat.wait_for_reply(conversation_id) == runs.DONE

@@ -16,6 +16,7 @@ import redis
 
 from webapp import accounts, lifecycle, owners
 from webapp.lifecycle import ACTIVE, EXPIRED, PARKED
+from webapp.llm import USAGE_FIELDS
 from webapp.storage import keys
 from webapp.storage.scan import scan_page
 
@@ -32,10 +33,6 @@ SCAN_GROWTH_LIMIT = 20
 """One SCAN call of a page looks at no more than this many keys per row the page holds."""
 SCAN_BATCH = 1000
 """Keys examined per SCAN call when walking everything (overview counts, bulk clearing)."""
-
-
-TOKEN_FIELDS = ("input_tokens", "cache_write_tokens", "cache_read_tokens", "output_tokens")
-"""The meta hash's totals of the tokens billed for a conversation's replies."""
 
 
 class UnknownOwner(LookupError):
@@ -193,7 +190,7 @@ def _rows(r: redis.Redis, facts: dict[str, Facts]) -> list[ConversationRow]:
                 state=its_facts.state,
                 title=meta.get("title", ""),
                 message_count=int(meta.get("message_count", 0)),
-                tokens=sum(int(meta.get(field, 0)) for field in TOKEN_FIELDS),
+                tokens=sum(int(meta.get(field, 0)) for field in USAGE_FIELDS),
                 size_bytes=size,
                 created_at=float(meta["created_at"]),
                 updated_at=float(meta["updated_at"]),

@@ -1,7 +1,7 @@
 """The model interface. Views and domain code use a Provider, never a vendor SDK."""
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 from flask import Flask, current_app
@@ -42,6 +42,11 @@ class Usage:
     def prompt_tokens(self) -> int:
         """Everything the request held, however it was billed."""
         return self.input_tokens + self.cache_write_tokens + self.cache_read_tokens
+
+
+USAGE_FIELDS = tuple(field.name for field in fields(Usage))
+"""Usage's fields, the names its counts are stored under (a run's hash, a conversation's
+totals)."""
 
 
 @dataclass(frozen=True)

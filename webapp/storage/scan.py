@@ -8,8 +8,6 @@ server. A change of the cluster's masters between two pages (a failover, slots m
 skip or repeat keys; on one server SCAN can only repeat them.
 """
 
-from collections.abc import Iterator
-
 import redis
 from redis.cluster import RedisCluster
 
@@ -36,13 +34,3 @@ def scan_page(
         number += 1
         return (number if number < len(masters) else 0), found
     return master_cursor * len(masters) + number, found
-
-
-def scan_tagged(
-    r: redis.Redis | RedisCluster, match: str, tagged_key: str, count: int
-) -> Iterator[str]:
-    """Every key matching ``match``, a pattern that only keys sharing ``tagged_key``'s hash
-    tag can match: on a cluster, only the master of that tag's slot is walked."""
-    if isinstance(r, RedisCluster):
-        return r.scan_iter(match=match, count=count, target_nodes=r.get_node_from_key(tagged_key))
-    return r.scan_iter(match=match, count=count)
