@@ -180,6 +180,7 @@ function keepDrafts() {
   const box = form.querySelector("textarea[name=text]");
   const key = DRAFT_PREFIX + form.dataset.draftUrl;
   if (!box.value && localStorage.getItem(key)) box.value = localStorage.getItem(key);
+  else if (box.value) localStorage.setItem(key, box.value); // the server's, or typed early
   let timer;
   box.addEventListener("input", () => {
     localStorage.setItem(key, box.value);

@@ -30,8 +30,11 @@ def wait_until(condition, timeout=15):
 
 
 def send(page: Page, text: str) -> None:
+    """Send ``text`` and wait for the reply to be finished on the page that follows (its
+    scripts have run: the box after it is ready to keep a draft)."""
     page.locator('textarea[name="text"]').fill(text)
-    page.get_by_role("button", name="Send").click()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Send").click()
     expect(page.locator("#run")).to_have_count(0, timeout=10_000)
 
 
