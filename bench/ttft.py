@@ -26,6 +26,7 @@ import redis
 from tests import fake_anthropic
 from tests.app_server import serving
 from tests.fake_anthropic import FakeAnthropic, Hang
+from tests.limits import OUT_OF_REACH
 from webapp import config
 from webapp.conversations import new_id
 from webapp.storage import connect, keys
@@ -107,8 +108,7 @@ def served_app(redis_url: str, fake_url: str, instance: Path) -> Iterator[str]:
         "ANTHROPIC_BASE_URL": fake_url,
         "FLASK_ANTHROPIC_MAX_RETRIES": "0",
         # Each sample is a new guest on loopback: the limits are not what is measured.
-        "FLASK_MODEL_CALLS_PER_MINUTE": "100000",
-        "FLASK_GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE": "100000",
+        **{f"FLASK_{name}": str(value) for name, value in OUT_OF_REACH.items()},
     }
     with serving(redis_url, instance, workers=WORKERS, threads=THREADS, env=env) as server:
         yield f"127.0.0.1:{server.port}"

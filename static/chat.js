@@ -60,9 +60,7 @@ function idleTimer() {
       headers: { Accept: "application/json", "X-CSRFToken": token },
     });
     // Anything but JSON (the session ended, the login ran out) leads to a reload below.
-    return response.ok && response.headers.get("Content-Type") === "application/json"
-      ? response.json()
-      : {};
+    return response.headers.get("Content-Type") === "application/json" ? response.json() : {};
   };
   const present = () => {
     activeAt = performance.now();
@@ -89,6 +87,8 @@ function idleTimer() {
     if (activeAt > seenAt) return keepGoing();
     parked = true;
     const code = await post(clock.dataset.parkUrl);
+    // Refused (too many codes this hour): no dialog, the session runs out as it would.
+    if (code.error) return;
     if (!code.code) return location.reload(); // the session ended meanwhile
     const away = Math.round((performance.now() - activeAt) / 60000);
     dialog.querySelector(".away").textContent =

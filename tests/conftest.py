@@ -9,6 +9,7 @@ import pytest
 
 from tests.cluster_server import LocalCluster
 from tests.fake_anthropic import FakeAnthropic
+from tests.limits import OUT_OF_REACH
 from webapp import create_app, runs
 from webapp.conversations import Lifetimes
 from webapp.llm.offline import OfflineProvider
@@ -85,12 +86,7 @@ def make_app(real_redis, redis_server, tmp_path):
                 "SESSION_MAX_SECONDS": 3600,
                 "TRANSCRIPT_RETENTION_SECONDS": 600,
                 "OFFLINE_CHUNK_DELAY_SECONDS": 0,
-                "MODEL_CALLS_PER_MINUTE": 1000,
-                "GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE": 1000,
-                "REGISTRATIONS_PER_ADDRESS_PER_HOUR": 1000,
-                # Tests of other things log in and fail often from one address; the limit
-                # per address has tests of its own.
-                "LOGIN_FAILURES_PER_ADDRESS_PER_MINUTE": 1000,
+                **OUT_OF_REACH,
                 **overrides,
             }
         )

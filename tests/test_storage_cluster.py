@@ -10,6 +10,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 from tests.conftest import Chat
+from tests.limits import OUT_OF_REACH
 from tests.test_replies import watch
 from tests.test_resume_codes import enter_code, issue_code
 from tests.test_runs import SETTINGS
@@ -302,8 +303,7 @@ def cluster_app(redis_cluster, tmp_path):
             "REDIS_URL": redis_cluster.url,
             "REDIS_CLUSTER": True,
             "OFFLINE_CHUNK_DELAY_SECONDS": 0,
-            "MODEL_CALLS_PER_MINUTE": 1000,
-            "GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE": 1000,
+            **OUT_OF_REACH,
         }
     )
     app.instance_path = str(tmp_path)

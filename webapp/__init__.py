@@ -48,10 +48,7 @@ def create_app(test_config: dict | None = None, background: bool = True) -> Flas
         worker,
         settings.lifetimes,
         settings.runs,
-        calls_per_minute=int(app.config["MODEL_CALLS_PER_MINUTE"]),
-        guest_calls_per_address_per_minute=int(
-            app.config["GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE"]
-        ),
+        settings.quotas,
     )
     if background:
         provider.unavailable_models()  # checked once, at start-up: a wrong id is logged now

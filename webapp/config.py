@@ -11,7 +11,7 @@ from pathlib import Path
 
 from flask import Flask, current_app
 
-from webapp import rate_limits
+from webapp import quotas, rate_limits
 from webapp.conversations import Lifetimes
 from webapp.runs import RunSettings
 
@@ -47,6 +47,15 @@ DEFAULTS = {
     "MODEL_CALLS_PER_MINUTE": 20,
     # ...and all guests from one client address together (a fresh cookie is a new guest).
     "GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE": 60,
+    # Conversations one guest, or one account, may keep at once (past it, delete one first).
+    "LIVE_CONVERSATIONS_PER_GUEST": 100,
+    "LIVE_CONVERSATIONS_PER_ACCOUNT": 1000,
+    # New conversations (forks and restores included) one person may start per minute...
+    "NEW_CONVERSATIONS_PER_MINUTE": 10,
+    # ...and all guests from one client address together.
+    "GUEST_NEW_CONVERSATIONS_PER_ADDRESS_PER_MINUTE": 30,
+    # Resume codes one person may be given per hour.
+    "RESUME_CODES_PER_HOUR": 30,
     # The longest message a user may send, in characters.
     "MAX_MESSAGE_CHARS": 16_000,
     # The largest request body, in bytes.
@@ -148,6 +157,8 @@ class Settings:
     """Failed logins allowed per client address."""
     registration_limits: tuple[rate_limits.Window, ...]
     """Registrations allowed per client address."""
+    quotas: quotas.Limits
+    """How much one visitor may keep and ask for."""
 
 
 def settings_of(config: dict) -> Settings:
@@ -171,6 +182,23 @@ def settings_of(config: dict) -> Settings:
         ),
         registration_limits=(
             rate_limits.per_hour(int(config["REGISTRATIONS_PER_ADDRESS_PER_HOUR"])),
+        ),
+        quotas=quotas.Limits(
+            model_calls=(rate_limits.per_minute(int(config["MODEL_CALLS_PER_MINUTE"])),),
+            guest_model_calls_per_address=(
+                rate_limits.per_minute(int(config["GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE"])),
+            ),
+            live_conversations_per_guest=int(config["LIVE_CONVERSATIONS_PER_GUEST"]),
+            live_conversations_per_account=int(config["LIVE_CONVERSATIONS_PER_ACCOUNT"]),
+            new_conversations=(
+                rate_limits.per_minute(int(config["NEW_CONVERSATIONS_PER_MINUTE"])),
+            ),
+            guest_new_conversations_per_address=(
+                rate_limits.per_minute(
+                    int(config["GUEST_NEW_CONVERSATIONS_PER_ADDRESS_PER_MINUTE"])
+                ),
+            ),
+            resume_codes=(rate_limits.per_hour(int(config["RESUME_CODES_PER_HOUR"])),),
         ),
     )
 

@@ -128,10 +128,12 @@ def validate_user_text(text: str, max_chars: int) -> str:
     return text
 
 
-def create_conversation(r: redis.Redis, owner: str, lifetimes: Lifetimes) -> str:
+def create_conversation(
+    r: redis.Redis, owner: str, lifetimes: Lifetimes, conversation_id: str | None = None
+) -> str:
     """Create an empty conversation for ``owner``, with its session begun, and list it in
-    the owner's index."""
-    conversation_id = new_id()
+    the owner's index; its id (``conversation_id``, as a quota reserved it, or a new one)."""
+    conversation_id = conversation_id or new_id()
     now = time.time()
     meta = keys.conversation_meta(conversation_id)
     session = keys.conversation_session(conversation_id)
@@ -323,15 +325,21 @@ def read_draft(r: redis.Redis, conversation_id: str) -> str:
 
 
 def fork_conversation(
-    r: redis.Redis, conversation_id: str, owner: str, through: int, lifetimes: Lifetimes
+    r: redis.Redis,
+    conversation_id: str,
+    owner: str,
+    through: int,
+    lifetimes: Lifetimes,
+    fork_id: str | None = None,
 ) -> str:
     """A new conversation holding this one's messages up to index ``through``, with its own
-    lifetimes; the original is untouched. Returns the new id."""
+    lifetimes; the original is untouched. Returns the new id (``fork_id``, as a quota
+    reserved it, or a new one)."""
     copied = r.lrange(keys.conversation_messages(conversation_id), 0, through)
     original = get_conversation(r, conversation_id)
     if not copied or original is None:
         raise ConversationGone(conversation_id)
-    fork_id = create_conversation(r, owner, lifetimes)
+    fork_id = create_conversation(r, owner, lifetimes, fork_id)
     meta, messages, session, recent_ids, *_ = keys.conversation_keys(fork_id)
     ids = [Message.from_json(raw).id for raw in copied]
     roles = [Message.from_json(raw).role for raw in copied]

@@ -349,11 +349,13 @@ def restore_from_copy(
     owner: str,
     copy: Sequence[Message],
     lifetimes: Lifetimes,
+    conversation_id: str | None = None,
 ) -> tuple[str, summaries.Summary]:
     """A new conversation whose session starts from a summary of a browser's copy of one
-    that is gone. Returns its id, and the summary."""
+    that is gone (created as ``conversation_id``, as a quota reserved it, or a new id).
+    Returns its id, and the summary."""
     summary = summaries.summarise(provider, copy, unverified=True)
-    conversation_id = create_conversation(r, owner, lifetimes)
+    conversation_id = create_conversation(r, owner, lifetimes, conversation_id)
     first_user = next((m.content for m in copy if m.role == "user"), "")
     note = _note(summary, summaries.BROWSER)
     append_message_and_touch(r, conversation_id, owner, note, lifetimes, title=first_user)

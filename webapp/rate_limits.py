@@ -60,6 +60,17 @@ def reserve_slot(r: redis.Redis, windows: Sequence[Window], scope: str, client: 
     return slots[0] if slots else None
 
 
+def window_request(
+    windows: Sequence[Window], scope: str, client: str
+) -> tuple[tuple[str, ...], list[int]]:
+    """What a script taking a slot of ``client``'s ``scope`` in ``windows`` is given: the
+    windows' keys, and each one's limit and length in ms (see scripts.RESERVE_SLOT)."""
+    return (
+        tuple(window_key(client, scope, window) for window in windows),
+        [value for window in windows for value in (window.limit, window.seconds * 1000)],
+    )
+
+
 def reserve_slots(
     r: redis.Redis, limits: Sequence[tuple[Sequence[Window], str, str]]
 ) -> list[Slot] | None:
@@ -67,13 +78,7 @@ def reserve_slots(
     (each client's windows atomically, under its own hash tag), or None when one is full:
     then the others taken are given back."""
     now = int(clock() * 1000)
-    requests = [
-        (
-            tuple(window_key(client, scope, window) for window in windows),
-            [value for window in windows for value in (window.limit, window.seconds * 1000)],
-        )
-        for windows, scope, client in limits
-    ]
+    requests = [window_request(*limit) for limit in limits]
 
     def queue(pipe):
         for window_keys, args in requests:
@@ -95,3 +100,15 @@ def reserve_slots(
 def give_back_slot(r: redis.Redis, slot: Slot) -> None:
     """Return a slot that turned out not to be needed (the attempt did not count)."""
     GIVE_BACK_SLOT.run(r, slot.window_keys, slot.windows_began)
+
+
+def slots_taken(r: redis.Redis, windows: Sequence[Window], scope: str, client: str) -> list[int]:
+    """How many of ``client``'s slots of ``scope`` each of ``windows`` holds now."""
+    now = int(clock() * 1000)
+    pipe = r.pipeline(transaction=False)
+    for window in windows:
+        pipe.hmget(window_key(client, scope, window), "count", "started")
+    return [
+        int(count) if count and started and int(started) + window.seconds * 1000 > now else 0
+        for window, (count, started) in zip(windows, pipe.execute(), strict=True)
+    ]

@@ -1,10 +1,11 @@
 """Replies: asking the model to write, as one call from a view.
 
 Every model call (a reply, Continue, Retry, a catch-up, a restore from a browser's copy)
-first takes one of its asker's MODEL_CALLS_PER_MINUTE slots, and gives it back when no call
+first takes one of its asker's model-call slots (see quotas), and gives it back when no call
 is made after all (a repeated message, a reply already being written, a session that has
-ended). A reply is a run: started atomically with the user's message, then written by this
-process's worker in the background.
+ended); a new conversation first takes its quota's slots too. A reply is a run: started
+atomically with the user's message, then written by this process's worker in the
+background.
 """
 
 import contextlib
@@ -12,18 +13,11 @@ from collections.abc import Iterator, Sequence
 
 import redis
 
-from webapp import conversations, lifecycle, metrics, owners, rate_limits, runs, summaries
+from webapp import conversations, lifecycle, metrics, quotas, rate_limits, runs, summaries
 from webapp.conversations import Conversation, Lifetimes, Message
 from webapp.llm import Provider
 from webapp.run_worker import RunWorker
 from webapp.runs import Run, RunInProgress, RunSettings, SessionExpired
-
-MODEL_CALL_SCOPE = "model-calls"
-"""The scope of the model-call windows, in their keys."""
-
-
-class TooManyModelCalls(Exception):
-    """This person asked for more replies per minute than allowed."""
 
 
 class UnknownRun(LookupError):
@@ -54,27 +48,17 @@ class Replies:
         worker: RunWorker,
         lifetimes: Lifetimes,
         run_settings: RunSettings,
-        *,
-        calls_per_minute: int,
-        guest_calls_per_address_per_minute: int,
+        limits: quotas.Limits,
     ) -> None:
         self.r, self.provider, self.worker = r, provider, worker
-        self.lifetimes, self.run_settings = lifetimes, run_settings
-        self.limit = (rate_limits.per_minute(calls_per_minute),)
-        self.address_limit = (rate_limits.per_minute(guest_calls_per_address_per_minute),)
+        self.lifetimes, self.run_settings, self.limits = lifetimes, run_settings, limits
 
     @contextlib.contextmanager
     def _model_call(self, asker: str, address: str) -> Iterator[ModelCall]:
         """Take one of ``asker``'s model-call slots for the block (and, for a guest, one of
-        its address's), or raise TooManyModelCalls. The slots are given back if the block
+        its address's), or raise QuotaReached. The slots are given back if the block
         raises: no call was made."""
-        limits = [(self.limit, MODEL_CALL_SCOPE, asker)]
-        if owners.is_guest(asker):
-            limits.append((self.address_limit, MODEL_CALL_SCOPE, address))
-        slots = rate_limits.reserve_slots(self.r, limits)  # one round trip
-        if slots is None:
-            raise TooManyModelCalls
-        call = ModelCall(self.r, slots)
+        call = ModelCall(self.r, quotas.take_model_call(self.r, self.limits, asker, address))
         try:
             yield call
         except Exception:
@@ -93,14 +77,23 @@ class Replies:
 
     def start_conversation(self, owner: str, address: str, message: Message) -> str:
         """A new conversation of ``owner`` whose reply to ``message`` is being written; its
-        id. Raises TooManyModelCalls (and creates nothing)."""
-        with self._model_call(owner, address) as call:
-            conversation_id = conversations.create_conversation(self.r, owner, self.lifetimes)
+        id. Raises QuotaReached (and creates nothing)."""
+        with (
+            self._new_conversation(owner, address) as conversation_id,
+            self._model_call(owner, address) as call,
+        ):
+            conversations.create_conversation(self.r, owner, self.lifetimes, conversation_id)
             self._start(call, conversation_id, owner, user_message=message)
         return conversation_id
 
+    def _new_conversation(self, owner: str, address: str):
+        """See quotas.new_conversation."""
+        return quotas.new_conversation(
+            self.r, self.limits, owner, address, self.lifetimes.transcript_retention
+        )
+
     def send(self, conversation: Conversation, address: str, message: Message) -> None:
-        """Store ``message`` and start its reply. Raises TooManyModelCalls, RunInProgress,
+        """Store ``message`` and start its reply. Raises QuotaReached, RunInProgress,
         SessionExpired or ConversationGone; a repeat of a message sent already does nothing."""
         with self._model_call(conversation.owner, address) as call:
             try:
@@ -125,7 +118,7 @@ class Replies:
         """Write the reply of a run that ended early again: carrying on from its partial
         text, or afresh. Does nothing if it is done or running, if another tab pressed it
         first, or if the session ended meanwhile (the page then offers to catch up).
-        Raises UnknownRun or TooManyModelCalls."""
+        Raises UnknownRun or QuotaReached."""
         run = self.latest_run(conversation, run_id)
         if run.status not in runs.ENDED_EARLY:
             return
@@ -151,7 +144,7 @@ class Replies:
         """Where were we? Start summarising the conversation in the background; a new
         session starts from the summary (see runs.write_catch_up). Nothing starts if a
         session is alive again, or another tab's catch-up is under way.
-        Raises TooManyModelCalls or ConversationGone."""
+        Raises QuotaReached or ConversationGone."""
         with (
             contextlib.suppress(RunInProgress),
             self._model_call(conversation.owner, address) as call,
@@ -160,10 +153,13 @@ class Replies:
 
     def restore(self, owner: str, address: str, copy: Sequence[Message]) -> str:
         """A new conversation of ``owner`` caught up from a browser's copy of one that is
-        gone (see lifecycle.parse_browser_copy); its id. Raises TooManyModelCalls."""
-        with self._model_call(owner, address):
-            conversation_id, summary = lifecycle.restore_from_copy(
-                self.r, self.provider, owner, copy, self.lifetimes
+        gone (see lifecycle.parse_browser_copy); its id. Raises QuotaReached."""
+        with (
+            self._new_conversation(owner, address) as conversation_id,
+            self._model_call(owner, address),
+        ):
+            _, summary = lifecycle.restore_from_copy(
+                self.r, self.provider, owner, copy, self.lifetimes, conversation_id
             )
         metrics.count_catch_up(self.r, summaries.BROWSER, summary.tokens, summary.replaced_tokens)
         return conversation_id

@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, Route, expect
 
 from tests.fake_anthropic import Hang, last_user_text
+from tests.limits import OUT_OF_REACH
 from tests.xss_corpus import ATTACKER_HOST, KINDS, PAYLOADS, Payload
 from webapp.conversations import make_title
 
@@ -199,8 +200,7 @@ def claude_server(serve, fake_anthropic):
     return serve(
         env={"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": fake_anthropic.url},
         ANTHROPIC_MAX_RETRIES=0,
-        MODEL_CALLS_PER_MINUTE=10_000,
-        GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE=10_000,
+        **OUT_OF_REACH,
     )
 
 

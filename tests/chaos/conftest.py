@@ -24,6 +24,7 @@ import redis
 from tests.app_server import AppServer
 from tests.conftest import CSRF_FIELD, MESSAGE_ID_FIELD
 from tests.fake_anthropic import carrying_on
+from tests.limits import OUT_OF_REACH
 from tests.test_run_processes import FORM_BUTTON
 from webapp import conversations
 from webapp.storage import connect
@@ -42,9 +43,7 @@ RUN_SETTINGS = {
     "RUN_HEARTBEAT_SECONDS": 0.2,
     "RUN_STALE_SECONDS": 2,
     "RUN_REAPER_INTERVAL_SECONDS": 0.5,
-    # Guests here send far more than a person would; the limit is not under test.
-    "MODEL_CALLS_PER_MINUTE": 100_000,
-    "GUEST_MODEL_CALLS_PER_ADDRESS_PER_MINUTE": 100_000,  # every guest here is on loopback
+    **OUT_OF_REACH,
 }
 """Short heartbeat, staleness and reaper period, so that a cut reply is reaped within
 seconds."""

@@ -535,32 +535,72 @@ return 1
 """
 )
 
-RESERVE_SLOT = AtomicScript(
-    """
+# Shared by the scripts that take rate-limit slots.
+_SLOT_FUNCTIONS = """
 -- Takes a slot in every window of a rate limit, or in none when one is full.
--- KEYS[n] window n's hash (count, started: when the window began, in ms)
--- ARGV[1] now in ms; ARGV[2n], ARGV[2n+1] window n's limit and length in ms
--- Returns when each window began (ms), or nil when one is full.
-local now = tonumber(ARGV[1])
-local windows = {}
-for n, key in ipairs(KEYS) do
-  local limit, length = tonumber(ARGV[2 * n]), tonumber(ARGV[2 * n + 1])
-  local stored = redis.call('HMGET', key, 'count', 'started')
-  local count, started = tonumber(stored[1]) or 0, tonumber(stored[2])
-  if not started or started + length <= now then
-    count, started = 0, now
+-- KEYS[first..] the windows' hashes (count, started: when the window began, in ms);
+-- ARGV[arg + 2m], ARGV[arg + 2m + 1] the limit and length (ms) of the window KEYS[first + m].
+-- Returns when each window began (ms), or false when one is full (nothing written).
+local function take_slots(first, arg, now)
+  local windows = {}
+  for n = first, #KEYS do
+    local at = arg + 2 * (n - first)
+    local limit, length = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+    local stored = redis.call('HMGET', KEYS[n], 'count', 'started')
+    local count, started = tonumber(stored[1]) or 0, tonumber(stored[2])
+    if not started or started + length <= now then
+      count, started = 0, now
+    end
+    if count >= limit then
+      return false
+    end
+    windows[#windows + 1] = {KEYS[n], count + 1, started, started + length - now}
   end
-  if count >= limit then
-    return false
+  local began = {}
+  for n, window in ipairs(windows) do
+    redis.call('HSET', window[1], 'count', window[2], 'started', window[3])
+    redis.call('PEXPIRE', window[1], window[4])
+    began[n] = window[3]
   end
-  windows[n] = {count + 1, started, started + length - now}
+  return began
 end
-local began = {}
-for n, key in ipairs(KEYS) do
-  redis.call('HSET', key, 'count', windows[n][1], 'started', windows[n][2])
-  redis.call('PEXPIRE', key, windows[n][3])
-  began[n] = windows[n][2]
+"""
+
+RESERVE_SLOT = AtomicScript(
+    _SLOT_FUNCTIONS
+    + """
+-- KEYS[n] window n's hash; ARGV[1] now in ms; ARGV[2n], ARGV[2n+1] window n's limit and
+-- length in ms. Returns when each window began (ms), or nil when one is full.
+return take_slots(1, 2, tonumber(ARGV[1]))
+"""
+)
+
+RESERVE_CONVERSATION = AtomicScript(
+    _SLOT_FUNCTIONS
+    + """
+-- Lists a conversation about to be created in its owner's index, unless the owner has as
+-- many live conversations as allowed already or a window of its limit on new ones is full.
+-- Taken before the conversation is written, so conversations created together can't all
+-- pass one count. Nothing is written when refused.
+-- KEYS[1] the owner's index (scored by last activity, s); KEYS[2..] the windows of its
+-- limit on new conversations
+-- ARGV[1] now in ms (for the windows); ARGV[2] now in s (for the index); ARGV[3] the
+-- retention (s): an entry scored within it is live, and the index lives that long;
+-- ARGV[4] the most live conversations; ARGV[5] the new conversation's id;
+-- ARGV[6 + 2m], ARGV[7 + 2m] the limit and length (ms) of the window KEYS[2 + m]
+-- Returns when each window began (ms); 0 at the most live conversations; nil when a
+-- window is full.
+local now, retention = tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.call('ZCOUNT', KEYS[1], '(' .. (now - retention), '+inf') >= tonumber(ARGV[4]) then
+  return 0
 end
+local began = take_slots(2, 6, tonumber(ARGV[1]))
+if not began then
+  return false
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[5])
+redis.call('EXPIRE', KEYS[1], retention, 'NX')
+redis.call('EXPIRE', KEYS[1], retention, 'GT')
 return began
 """
 )
@@ -620,6 +660,7 @@ ALL_SCRIPTS = (
     DELETE_CONVERSATION,
     CHANGE_OWNER,
     RESERVE_SLOT,
+    RESERVE_CONVERSATION,
     GIVE_BACK_SLOT,
     RESERVE_LOGIN_ATTEMPT,
 )

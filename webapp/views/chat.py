@@ -17,10 +17,20 @@ from flask import (
 )
 from flask_login import current_user
 
-from webapp import config, conversations, deletion, lifecycle, owners, resume_codes, transcripts
+from webapp import (
+    config,
+    conversations,
+    deletion,
+    lifecycle,
+    owners,
+    quotas,
+    resume_codes,
+    transcripts,
+)
 from webapp.conversations import Conversation, ConversationGone, Message, MessageRejected
+from webapp.quotas import QuotaReached
 from webapp.rendering import format_time
-from webapp.replies import Replies, TooManyModelCalls, UnknownRun
+from webapp.replies import Replies, UnknownRun
 from webapp.runs import RunInProgress, SessionExpired, follow
 from webapp.storage import WATCH_BLOCK_MS, get_blocking_redis, get_redis
 from webapp.views.identity import client_address, current_owner
@@ -32,14 +42,16 @@ RUN_IN_PROGRESS_TEXT = "A reply is still being written. Wait for it to finish, o
 SESSION_EXPIRED_TEXT = (
     "This session has ended. Choose Catch me up or Start fresh below; your text is kept."
 )
-TOO_MANY_TEXT = (
-    "You're asking faster than the assistant can answer. Wait a minute, then send again: "
-    "your message is still in the box."
-)
 
 
 def _replies() -> Replies:
     return current_app.extensions["replies"]
+
+
+def _refused(page: str, quota: QuotaReached):
+    """``page`` (which keeps what was typed) as the answer to a request a quota refused."""
+    headers = {"Retry-After": str(quota.retry_after)} if quota.retry_after else {}
+    return page, 429, headers
 
 
 def _message_from_form() -> Message:
@@ -89,8 +101,8 @@ def start():
         )
     except MessageRejected as error:
         return _render_index(error=str(error), draft=draft), 400
-    except TooManyModelCalls:
-        return _render_index(error=TOO_MANY_TEXT, draft=draft), 429
+    except QuotaReached as quota:
+        return _refused(_render_index(error=quota.text, draft=draft), quota)
     return _to_latest(conversation_id)
 
 
@@ -115,8 +127,9 @@ def restore():
     except lifecycle.CopyRejected as rejected:
         page = render_template("chat/gone.html", conversation_id="", rejected=str(rejected))
         return page, 400
-    except TooManyModelCalls:
-        return render_template("chat/gone.html", conversation_id="", rejected=TOO_MANY_TEXT), 429
+    except QuotaReached as quota:
+        page = render_template("chat/gone.html", conversation_id="", rejected=quota.text)
+        return _refused(page, quota)
     return _to_latest(conversation_id)
 
 
@@ -130,8 +143,8 @@ def send(conversation_id: str):
         return _render_conversation(conversation, error=str(error), draft=draft), 400
     except RunInProgress:
         return _render_conversation(conversation, error=RUN_IN_PROGRESS_TEXT, draft=draft), 409
-    except TooManyModelCalls:
-        return _render_conversation(conversation, error=TOO_MANY_TEXT, draft=draft), 429
+    except QuotaReached as quota:
+        return _refused(_render_conversation(conversation, error=quota.text, draft=draft), quota)
     except SessionExpired:
         return _render_conversation(conversation, error=SESSION_EXPIRED_TEXT, draft=draft), 409
     except ConversationGone:
@@ -165,8 +178,8 @@ def _redo(conversation_id: str, run_id: str, carry_on: bool):
         _replies().redo(conversation, client_address(), run_id, carry_on=carry_on)
     except (UnknownRun, ConversationGone):
         abort(404)
-    except TooManyModelCalls:
-        return _render_conversation(conversation, error=TOO_MANY_TEXT), 429
+    except QuotaReached as quota:
+        return _refused(_render_conversation(conversation, error=quota.text), quota)
     return _to_latest(conversation.id)
 
 
@@ -176,8 +189,8 @@ def catch_up(conversation_id: str):
     conversation = _owned_conversation(conversation_id)
     try:
         _replies().catch_up(conversation, client_address())
-    except TooManyModelCalls:
-        return _render_conversation(conversation, error=TOO_MANY_TEXT), 429
+    except QuotaReached as quota:
+        return _refused(_render_conversation(conversation, error=quota.text), quota)
     except ConversationGone:
         abort(404)
     return _to_latest(conversation.id)
@@ -198,10 +211,20 @@ def fork(conversation_id: str):
     through = request.form.get("through", type=int)
     if through is None or not 0 <= through < conversation.message_count:
         abort(400)
+    r, settings = get_redis(), config.current()
     try:
-        fork_id = conversations.fork_conversation(
-            get_redis(), conversation.id, conversation.owner, through, config.current().lifetimes
-        )
+        with quotas.new_conversation(
+            r,
+            settings.quotas,
+            conversation.owner,
+            client_address(),
+            settings.lifetimes.transcript_retention,
+        ) as fork_id:
+            conversations.fork_conversation(
+                r, conversation.id, conversation.owner, through, settings.lifetimes, fork_id
+            )
+    except QuotaReached as quota:
+        return _refused(_render_conversation(conversation, error=quota.text), quota)
     except ConversationGone:
         abort(404)
     return _to_latest(fork_id)
@@ -213,6 +236,13 @@ def park(conversation_id: str):
     the "Get a resume code" button (no script needed) gets the page with the code."""
     conversation = _owned_conversation(conversation_id)
     r = get_redis()
+    try:
+        # A code asked for as the session ended (none is issued) counts too: it is rare.
+        quotas.take_resume_code(r, config.current().quotas, conversation.owner)
+    except QuotaReached as quota:
+        if request.accept_mimetypes.best == "application/json":
+            return _refused({"error": quota.text}, quota)
+        return _refused(_render_conversation(conversation, error=quota.text), quota)
     issued = resume_codes.park(
         r,
         current_app.config["SECRET_KEY"],
