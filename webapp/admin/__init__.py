@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import redis
 
-from webapp import metrics
+from webapp import metrics, quotas
 from webapp.admin import audit, listing
 
 
@@ -17,6 +17,8 @@ class Console:
     state_counts: listing.StateCounts
     resume_failures: list[metrics.HourCount]
     audit: list[audit.AuditEntry]
+    usage: list[quotas.Usage]
+    """What the owner filtered on uses of its quotas (none without that filter)."""
 
 
 def read_console(
@@ -27,11 +29,15 @@ def read_console(
     state: str | None,
     owner: str | None,
     cache_seconds: int,
+    limits: quotas.Limits,
+    retention: int,
 ) -> Console:
-    """The console's page of conversations, the overview, and the latest audit entries."""
+    """The console's page of conversations, the overview, the latest audit entries, and
+    the usage of the owner filtered on."""
     return Console(
         page=listing.list_conversations(r, cursor, page_size, state, owner),
         state_counts=listing.count_states(r, cache_seconds),
         resume_failures=metrics.resume_failures_by_hour(r),
         audit=audit.audit_entries(r),
+        usage=quotas.usage(r, limits, owner, retention) if owner else [],
     )

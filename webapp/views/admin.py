@@ -19,7 +19,7 @@ from flask import (
 )
 from flask_login import current_user
 
-from webapp import accounts, admin, conversations, owners
+from webapp import accounts, admin, config, conversations, owners
 from webapp.admin import audit, listing
 from webapp.deletion import Deleted
 from webapp.storage import get_redis
@@ -119,7 +119,7 @@ def hour(timestamp: float) -> str:
 
 @bp.get("")
 def console():
-    r = get_redis()
+    r, settings = get_redis(), config.current()
     state = request.args.get("state", "")
     state = state if state in listing.STATES else None
     owner_text = request.args.get("owner", "").strip()
@@ -135,6 +135,8 @@ def console():
         state=state,
         owner=owner,
         cache_seconds=int(current_app.config["ADMIN_OVERVIEW_CACHE_SECONDS"]),
+        limits=settings.quotas,
+        retention=settings.lifetimes.transcript_retention,
     )
     return render_template(
         "admin/console.html",
@@ -144,6 +146,7 @@ def console():
         state=state or "",
         owner_text=owner_text,
         owner_error=owner_error,
+        owner_name=listing.describe_owner(r, owner) if owner else None,
         first_page=request.args.get("cursor", 0, type=int) == 0,
     )
 
