@@ -7,6 +7,7 @@ import time
 import fakeredis
 import pytest
 
+from tests.app_server import AppServer
 from tests.cluster_server import LocalCluster
 from tests.fake_anthropic import FakeAnthropic
 from tests.limits import OUT_OF_REACH
@@ -32,6 +33,33 @@ def real_redis(redis_server):
     client = connect(redis_server.url)
     yield client
     client.flushdb()
+
+
+@pytest.fixture
+def serve(real_redis, redis_server, tmp_path):
+    """Start the app as a process on the session's real Redis: ``serve(env=None, **settings)``
+    with FLASK_ settings by name (``SESSION_IDLE_SECONDS=8``) and any other environment in
+    ``env``. Every app started is stopped (killed if need be) before ``real_redis`` empties
+    the database."""
+    servers = []
+
+    def start(env: dict | None = None, **settings) -> AppServer:
+        environment = {f"FLASK_{name}": str(value) for name, value in settings.items()}
+        folder = tmp_path / f"app{len(servers)}"
+        folder.mkdir()
+        server = AppServer(
+            redis_server.url, folder, folder / "app.log", env=environment | (env or {})
+        )
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        try:
+            server.stop()
+        finally:
+            server.kill()  # a no-op unless stop() failed or left workers behind
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from webapp.run_worker import RunWorker
 from webapp.storage.embedded import EmbeddedRedis
 from webapp.views import admin as admin_views
 from webapp.views import auth, chat, errors, identity, ops, resume
+from webapp.watchers import Watchers
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_PATH = Path(os.environ.get("FLASK_INSTANCE_PATH", PROJECT_ROOT / "instance"))
@@ -49,6 +50,11 @@ def create_app(test_config: dict | None = None, background: bool = True) -> Flas
         settings.lifetimes,
         settings.runs,
         settings.quotas,
+    )
+    app.extensions["watchers"] = Watchers(
+        r,
+        per_owner=int(app.config["STREAMS_PER_OWNER"]),
+        per_process=int(app.config["STREAMS_PER_PROCESS"]),
     )
     if background:
         provider.unavailable_models()  # checked once, at start-up: a wrong id is logged now

@@ -7,6 +7,7 @@ import click
 from gunicorn.app.base import BaseApplication
 
 from webapp import INSTANCE_PATH, accounts, conversations, create_app, start_embedded_redis
+from webapp.config import DEFAULTS
 from webapp.storage import get_redis
 
 
@@ -68,15 +69,21 @@ def _when_worker_ready(worker) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, envvar="PORT", default=5000, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Processes.")
-@click.option("--threads", type=int, default=8, show_default=True, help="Threads per process.")
+@click.option(
+    "--threads", type=int, default=8, show_default=True, help="Threads serving pages, per process."
+)
 def serve(host: str, port: int, workers: int, threads: int) -> None:
-    """Serve the app with a production WSGI server (gunicorn, threaded workers)."""
+    """Serve the app with a production WSGI server (gunicorn, threaded workers). Each process
+    has STREAMS_PER_PROCESS threads more for the event streams (see watchers)."""
     if not os.environ.get("REDIS_URL"):
         # Started once here, before the workers fork, so that they all share it.
         os.environ["REDIS_URL"] = start_embedded_redis(str(INSTANCE_PATH))
         click.echo(f"Embedded Redis at {os.environ['REDIS_URL']}, data in {INSTANCE_PATH}/redis")
     click.echo(f"Resume Chat on http://{host}:{port}")
-    GunicornServer(create_app, f"{host}:{port}", workers, threads, _when_worker_ready).run()
+    streams = int(os.environ.get("FLASK_STREAMS_PER_PROCESS", DEFAULTS["STREAMS_PER_PROCESS"]))
+    GunicornServer(
+        create_app, f"{host}:{port}", workers, threads + streams, _when_worker_ready
+    ).run()
 
 
 @main.command("create-admin")

@@ -98,6 +98,12 @@ DEFAULTS = {
     "SWEEP_INTERVAL_SECONDS": 300,
     # Replies written at once by one process.
     "RUN_THREADS": 16,
+    # Event streams of replies being written that one person may hold open at once (tabs,
+    # devices)...
+    "STREAMS_PER_OWNER": 8,
+    # ...and one process, on threads of their own besides those serving pages. A stream
+    # refused either way falls back to the page refreshing itself.
+    "STREAMS_PER_PROCESS": 200,
     # The working context's budget, in tokens as the model counts them (the last reply's
     # reported input, or a count; the offline model estimates): above it, its oldest part
     # is replaced by a summary.

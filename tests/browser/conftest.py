@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.app_server import AppServer
 from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -32,33 +31,6 @@ EXPECT_TIMEOUT_MS = 5_000
 ACTION_TIMEOUT_MS = 10_000
 
 expect.set_options(timeout=EXPECT_TIMEOUT_MS)
-
-
-@pytest.fixture
-def serve(real_redis, redis_server, tmp_path):
-    """Start the app as a process on the session's real Redis: ``serve(env=None, **settings)``
-    with FLASK_ settings by name (``SESSION_IDLE_SECONDS=8``) and any other environment in
-    ``env``. Every app started is stopped (killed if need be) before ``real_redis`` empties
-    the database."""
-    servers = []
-
-    def start(env: dict | None = None, **settings) -> AppServer:
-        environment = {f"FLASK_{name}": str(value) for name, value in settings.items()}
-        folder = tmp_path / f"app{len(servers)}"
-        folder.mkdir()
-        server = AppServer(
-            redis_server.url, folder, folder / "app.log", env=environment | (env or {})
-        )
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        try:
-            server.stop()
-        finally:
-            server.kill()  # a no-op unless stop() failed or left workers behind
 
 
 @pytest.fixture

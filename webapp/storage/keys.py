@@ -112,6 +112,12 @@ def owner_conversations(owner: str) -> str:
     return f"{PREFIX}:owner:{{{owner}}}:conversations"
 
 
+def owner_watchers(owner: str) -> str:
+    """Sorted set: the owner's open event streams (watch ids), scored by when each one's lease
+    ends (s), so that a stream its process lost stops counting. TTL: the longest lease."""
+    return f"{PREFIX}:owner:{{{owner}}}:watchers"
+
+
 def user_profile(user_id: str) -> str:
     """Hash: username, password_hash, is_admin, created_at. No TTL."""
     return f"{PREFIX}:user:{{{user_id}}}:profile"

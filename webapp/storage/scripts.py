@@ -620,6 +620,25 @@ return 0
 )
 
 
+OPEN_WATCH = AtomicScript(
+    """
+-- Leases one of an owner's event streams, unless as many as allowed are open: leases that
+-- ran out (their process died, say) are dropped first.
+-- KEYS[1] the owner's watchers (watch id -> when its lease ends, s)
+-- ARGV[1] now (s), ARGV[2] the lease (s), ARGV[3] the most streams, ARGV[4] the watch id
+-- Returns 1 if leased, 0 if the owner has the most streams open already.
+local now, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[4])
+redis.call('EXPIRE', KEYS[1], math.ceil(lease))
+return 1
+"""
+)
+
+
 RESERVE_LOGIN_ATTEMPT = AtomicScript(
     """
 -- Takes a login attempt for a username before its password is checked, counted as a
@@ -663,6 +682,7 @@ ALL_SCRIPTS = (
     RESERVE_CONVERSATION,
     GIVE_BACK_SLOT,
     RESERVE_LOGIN_ATTEMPT,
+    OPEN_WATCH,
 )
 
 

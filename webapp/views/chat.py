@@ -34,6 +34,7 @@ from webapp.replies import Replies, UnknownRun
 from webapp.runs import RunInProgress, SessionExpired, follow
 from webapp.storage import WATCH_BLOCK_MS, get_blocking_redis, get_redis
 from webapp.views.identity import client_address, current_owner
+from webapp.watchers import TooManyStreams
 
 bp = Blueprint("chat", __name__)
 
@@ -290,6 +291,11 @@ def events(conversation_id: str, run_id: str):
     after = request.headers.get("Last-Event-ID") or request.args.get("after", "0-0")
     if not EVENT_ID.match(after):
         abort(400)
+    try:
+        watch = current_app.extensions["watchers"].open(conversation.owner)
+    except TooManyStreams:
+        # EventSource gives up on it; the page then refreshes itself until the reply is done.
+        return "Too many streams are open; the page refreshes instead.", 429
     r, stopping = get_blocking_redis(), current_app.extensions["run_worker"].stopping
     settings = config.current()
 
@@ -301,6 +307,7 @@ def events(conversation_id: str, run_id: str):
         for event in watched:
             if stopping.is_set():
                 return  # shutting down: the browser reconnects from its last event
+            watch.renew()
             if event is None:
                 yield ": keep-alive\n\n"
             elif event.status:
@@ -313,11 +320,13 @@ def events(conversation_id: str, run_id: str):
             else:
                 yield f"id: {event.id}\ndata: {json.dumps({'text': event.text})}\n\n"
 
-    return Response(
+    response = Response(
         stream(),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+    response.call_on_close(watch.close)
+    return response
 
 
 def _render_index(error: str | None = None, draft: str = ""):
