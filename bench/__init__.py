@@ -1,1 +1,1 @@
-"""The benchmarks behind `make bench`: P1 to P7 and P10 of the README, in one table (load: wrk)."""
+"""The benchmarks behind `make bench`: P1 to P8 and P10 of the README, in one table (load: wrk)."""

@@ -1,4 +1,4 @@
-"""`python -m bench`: start an embedded server, measure P1 to P7 and P10, print the table."""
+"""`python -m bench`: start an embedded server, measure P1 to P8 and P10, print the table."""
 
 import os
 import platform
@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import caching, load, measurements, page, redemption, ttft
+from bench import caching, load, measurements, page, redemption, ttft, watchers
 from bench.report import Row, duration, ratio, render
 from webapp.conversations import DEDUPE_WINDOW
 from webapp.storage import connect
@@ -335,6 +335,7 @@ def main() -> None:
             first = ttft.first_token(url, Path(data_dir) / "app")
             pages = page.conversation_page(url, Path(data_dir) / "page")
             redeeming = redemption.redemption_latency(url, Path(data_dir) / "p5")
+            watching = watchers.watchers_cost(url, Path(data_dir) / "p8")
             cache_use = caching.twentieth_turn()
         finally:
             server.stop()
@@ -351,6 +352,7 @@ def main() -> None:
                 *redemption.p5_rows(redeeming),
                 p6_row(trips),
                 *p7_rows(pages.weight),
+                watchers.p8_row(watching),
                 p10_row(cache_use),
             ]
         )
@@ -364,6 +366,7 @@ def main() -> None:
         *redemption.p5_notes(redeeming),
         *p6_notes(trips),
         *p7_notes(pages.weight, pages.html_parts),
+        watchers.p8_note(watching),
         p10_note(cache_use),
     ]:
         print(note)

@@ -10,17 +10,19 @@ import pytest
 from tests.test_run_processes import Client, wait_for
 from webapp import watchers
 
-LONG_MESSAGE = " ".join(f"word{n}" for n in range(300))
-"""The offline model repeats it three words a chunk, half a second apart: its reply is
-still being written for the whole test."""
-PER_OWNER, PER_PROCESS = 3, 12
+CHUNK_DELAY_SECONDS = 2
+"""The offline model's reply (about 20 chunks) takes about 40 s: it is still being written
+for the whole test."""
+PER_OWNER, PER_PROCESS = 10, 110
+"""More streams than redis-py's default pool of 100 connections: the pools are sized for
+them."""
 
 
 @pytest.fixture
 def server(serve):
     """One process: 4 threads for pages, PER_PROCESS for streams."""
     return serve(
-        OFFLINE_CHUNK_DELAY_SECONDS=0.5,
+        OFFLINE_CHUNK_DELAY_SECONDS=CHUNK_DELAY_SECONDS,
         STREAMS_PER_OWNER=PER_OWNER,
         STREAMS_PER_PROCESS=PER_PROCESS,
     )
@@ -31,7 +33,7 @@ class Visitor(Client):
 
     def __init__(self, base: str) -> None:
         super().__init__(base)
-        self.conversation_id = self.start_conversation(LONG_MESSAGE)
+        self.conversation_id = self.start_conversation("Tell me a long story, slowly.")
         page = self.get(f"/c/{self.conversation_id}")
         self.events = re.search(r'data-events="([^"]+)"', page)[1]
 

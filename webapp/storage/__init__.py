@@ -20,13 +20,27 @@ WATCH_BLOCK_MS = 5000
 """How long one blocking read of a run's events waits for news (the keep-alive period)."""
 
 
+PAGE_CONNECTIONS = 100
+"""Connections of the request client for pages and everything else but streams and
+replies (redis-py's default pool size)."""
+
+
 def connect(
-    url: str, socket_timeout: float = SOCKET_TIMEOUT_SECONDS, *, cluster: bool = False
+    url: str,
+    socket_timeout: float = SOCKET_TIMEOUT_SECONDS,
+    *,
+    cluster: bool = False,
+    max_connections: int = PAGE_CONNECTIONS,
 ) -> redis.Redis | RedisCluster:
     """Build a client for ``url`` (with ``cluster``, for the cluster that node belongs to)
-    that retries briefly and never hangs."""
+    that retries briefly and never hangs, with at most ``max_connections`` open (to each
+    node): past them a command fails at once rather than wait."""
     retry = Retry(ExponentialBackoff(cap=BACKOFF_CAP_SECONDS, base=0.05), RETRIES)
-    timeouts = {"socket_connect_timeout": SOCKET_TIMEOUT_SECONDS, "socket_timeout": socket_timeout}
+    timeouts = {
+        "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS,
+        "socket_timeout": socket_timeout,
+        "max_connections": max_connections,
+    }
     if cluster:
         # The cluster client retries at its own level (refreshing its map of the slots
         # between attempts), so its node connections are given no retries of their own.
@@ -41,11 +55,21 @@ def connect(
 
 
 def init_app(app: Flask) -> None:
-    """Attach the clients for the app's REDIS_URL: one for requests, one for blocking reads."""
+    """Attach the clients for the app's REDIS_URL: one for requests, one for blocking reads.
+    Each thread uses one connection of a client at a time: the first serves pages, replies
+    being written and the streams' leases, the second one read per stream."""
     url, cluster = app.config["REDIS_URL"], bool(app.config["REDIS_CLUSTER"])
-    app.extensions["redis"] = connect(url, cluster=cluster)
+    streams = int(app.config["STREAMS_PER_PROCESS"])
+    app.extensions["redis"] = connect(
+        url,
+        cluster=cluster,
+        max_connections=PAGE_CONNECTIONS + int(app.config["RUN_THREADS"]) + streams,
+    )
     app.extensions["redis_blocking"] = connect(
-        url, socket_timeout=WATCH_BLOCK_MS / 1000 + SOCKET_TIMEOUT_SECONDS, cluster=cluster
+        url,
+        socket_timeout=WATCH_BLOCK_MS / 1000 + SOCKET_TIMEOUT_SECONDS,
+        cluster=cluster,
+        max_connections=streams,
     )
 
 
