@@ -129,7 +129,7 @@ class MemoryUse:
     payload: int
     message_list: int
     per_conversation: dict[str, int]
-    """The conversation's other keys (meta, session, recent ids), by key name."""
+    """The conversation's other keys that exist (meta, session, recent ids), by key name."""
     plain_list: int
     encoding: str
 
@@ -146,7 +146,11 @@ def memory_per_message(r: redis.Redis) -> MemoryUse:
         messages=len(history),
         payload=sum(len(m.to_json().encode()) for m in history),
         message_list=r.memory_usage(message_list, samples=0),
-        per_conversation={key.rsplit(":", 1)[-1]: r.memory_usage(key, samples=0) for key in others},
+        per_conversation={
+            key.rsplit(":", 1)[-1]: size
+            for key in others
+            if (size := r.memory_usage(key, samples=0)) is not None  # absent: no draft, say
+        },
         plain_list=r.memory_usage(plain_key, samples=0),
         encoding=r.object("encoding", message_list),
     )

@@ -171,19 +171,34 @@ offerBrowserCopy();
 
 // The message box is saved as it is typed: in this browser at once, on the server (so
 // other devices see it) after a pause. A draft the server could not take (the login ran
-// out, say) comes back from this browser when the page is open again.
+// out, say) comes back from this browser when the page is open again. A message sent is
+// kept here too until a page shows it stored: one the server refused unread (too large)
+// or never got (the network failed) comes back into the box.
 const DRAFT_PREFIX = "rc:draft:";
+const SENT_PREFIX = "rc:sent:"; // message id -> the draft key it was sent from
+
+function forgetStoredMessages() {
+  for (const marker of Object.keys(localStorage)) {
+    if (!marker.startsWith(SENT_PREFIX)) continue;
+    if (!document.getElementById("m-" + marker.slice(SENT_PREFIX.length))) continue;
+    localStorage.removeItem(localStorage.getItem(marker));
+    localStorage.removeItem(marker);
+  }
+}
 
 function keepDrafts() {
-  const form = document.querySelector("form.composer[data-draft-url]");
+  if (!window.localStorage) return;
+  forgetStoredMessages();
+  const form = document.querySelector("form.composer");
   if (!form) return;
   const box = form.querySelector("textarea[name=text]");
-  const key = DRAFT_PREFIX + form.dataset.draftUrl;
+  const key = DRAFT_PREFIX + (form.dataset.draftUrl || location.pathname);
   if (!box.value && localStorage.getItem(key)) box.value = localStorage.getItem(key);
   else if (box.value) localStorage.setItem(key, box.value); // the server's, or typed early
   let timer;
   box.addEventListener("input", () => {
     localStorage.setItem(key, box.value);
+    if (!form.dataset.draftUrl) return;
     clearTimeout(timer);
     timer = setTimeout(() => {
       const body = new FormData();
@@ -194,7 +209,13 @@ function keepDrafts() {
   });
   form.addEventListener("submit", () => {
     clearTimeout(timer);
-    localStorage.removeItem(key);
+    localStorage.setItem(key, box.value);
+    for (const marker of Object.keys(localStorage)) {
+      if (marker.startsWith(SENT_PREFIX) && localStorage.getItem(marker) === key) {
+        localStorage.removeItem(marker); // an earlier try from this box, refused
+      }
+    }
+    localStorage.setItem(SENT_PREFIX + form.querySelector("input[name=message_id]").value, key);
   });
 }
 

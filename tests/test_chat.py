@@ -84,19 +84,27 @@ def test_oversized_message_is_refused_with_the_text_kept(chat, client, real_redi
     assert stored_messages(real_redis, conversation_id) == before
 
 
-def test_a_message_at_the_limit_is_accepted(chat, real_redis):
+@pytest.mark.parametrize(
+    "character", ["z", "é", "漢", "😀"], ids=["ascii", "latin", "cjk", "emoji"]
+)
+def test_a_message_at_the_limit_is_accepted_in_any_script(chat, real_redis, character):
+    """16,000 characters of one to four bytes of UTF-8, percent-encoded as a browser sends a
+    form, fit in the body limit."""
     conversation_id = chat.start_conversation()
-    assert chat.send(conversation_id, "z" * 16_000).status_code == 302
+    assert chat.send(conversation_id, character * 16_000).status_code == 302
     chat.wait_for_reply(conversation_id)
-    assert stored_messages(real_redis, conversation_id)[2].content == "z" * 16_000
+    assert stored_messages(real_redis, conversation_id)[2].content == character * 16_000
 
 
-def test_a_body_over_64_kib_gets_a_clear_413(chat, client, real_redis):
+def test_a_body_over_the_limit_gets_a_clear_413_and_a_way_back(chat, app, real_redis):
     conversation_id = chat.start_conversation()
     before = stored_messages(real_redis, conversation_id)
-    response = chat.send(conversation_id, "w" * 70_000)
+    response = chat.send(conversation_id, "w" * (app.config["MAX_CONTENT_LENGTH"] + 1))
     assert response.status_code == 413
-    assert "too much to send" in response.text
+    page = unescape(response.text)
+    assert "too much to send" in page
+    assert "what you typed is still in this browser" in page
+    assert f'href="/c/{conversation_id}"' in page
     assert stored_messages(real_redis, conversation_id) == before
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from flask import Flask, current_app
 
-from webapp import quotas, rate_limits
+from webapp import lifecycle, quotas, rate_limits
 from webapp.conversations import Lifetimes
 from webapp.runs import RunSettings
 
@@ -58,8 +58,9 @@ DEFAULTS = {
     "RESUME_CODES_PER_HOUR": 30,
     # The longest message a user may send, in characters.
     "MAX_MESSAGE_CHARS": 16_000,
-    # The largest request body, in bytes.
-    "MAX_CONTENT_LENGTH": 64 * 1024,
+    # The largest request body, in bytes. Unset: sized so that the longest message, or the
+    # largest browser copy, in any script passes as a percent-encoded form (see body_limit).
+    "MAX_CONTENT_LENGTH": None,
     # Messages per page of a transcript.
     "PAGE_SIZE": 50,
     # The system prompt of every reply.
@@ -139,8 +140,23 @@ def load(app: Flask, overrides: dict | None = None) -> None:
             app.config[name] = os.environ[name]
     if overrides:
         app.config.update(overrides)
+    if app.config["MAX_CONTENT_LENGTH"] is None:
+        app.config["MAX_CONTENT_LENGTH"] = body_limit(int(app.config["MAX_MESSAGE_CHARS"]))
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _instance_secret(Path(app.instance_path))
+
+
+PERCENT_ENCODED_BYTES_PER_CHARACTER = 12
+"""The most a character takes in a form body: four bytes of UTF-8, each sent as "%XX"."""
+FORM_FIELDS_BYTES = 16 * 1024
+"""Room for the rest of a form (field names, the CSRF token, ids)."""
+
+
+def body_limit(max_message_chars: int) -> int:
+    """The largest request body that lets a message of ``max_message_chars`` characters, or
+    a browser's copy of a conversation, in any script through as a form."""
+    characters = max(max_message_chars, lifecycle.COPY_MAX_CHARS)
+    return characters * PERCENT_ENCODED_BYTES_PER_CHARACTER + FORM_FIELDS_BYTES
 
 
 def _instance_secret(instance: Path) -> str:

@@ -15,14 +15,12 @@ from flask import (
     request,
     url_for,
 )
-from flask_login import current_user
 
 from webapp import (
     config,
     conversations,
     deletion,
     lifecycle,
-    owners,
     quotas,
     resume_codes,
     transcripts,
@@ -33,7 +31,7 @@ from webapp.rendering import format_time
 from webapp.replies import Replies, UnknownRun
 from webapp.runs import RunInProgress, SessionExpired, follow
 from webapp.storage import WATCH_BLOCK_MS, get_blocking_redis, get_redis
-from webapp.views.identity import client_address, current_owner
+from webapp.views.identity import client_address, current_owner, login_ran_out
 from webapp.watchers import TooManyStreams
 
 bp = Blueprint("chat", __name__)
@@ -67,21 +65,24 @@ def _message_from_form() -> Message:
 
 
 def _owned_conversation(conversation_id: str) -> Conversation:
-    """The conversation if it exists and belongs to this visitor; 404 otherwise. A visitor
-    who is not logged in is first asked to log in if an account owns it."""
-    return _checked_owner(conversations.get_conversation(get_redis(), conversation_id))
-
-
-def _checked_owner(conversation: Conversation | None) -> Conversation:
-    """``conversation``, read already, if it exists and belongs to this visitor (see
-    _owned_conversation)."""
+    """The conversation if it exists and belongs to this visitor; 404 otherwise (see
+    _visible)."""
+    conversation = _visible(conversations.get_conversation(get_redis(), conversation_id))
     if conversation is None:
         abort(404)
-    if owners.is_account(conversation.owner) and not current_user.is_authenticated:
-        abort(redirect(url_for("auth.login", next=request.full_path.rstrip("?"))))
-    if conversation.owner != current_owner():
-        abort(404)
     return conversation
+
+
+def _visible(conversation: Conversation | None) -> Conversation | None:
+    """``conversation``, read already, if it belongs to this visitor; None for one that is
+    unknown or another's: both get the same answer, so no id can be probed. A browser whose
+    login ran out is asked to log in again first, whatever the id (the login page brings
+    it back)."""
+    if conversation is not None and conversation.owner == current_owner():
+        return conversation
+    if login_ran_out():
+        abort(redirect(url_for("auth.login", next=request.full_path.rstrip("?"))))
+    return None
 
 
 def _to_latest(conversation_id: str):
@@ -109,12 +110,12 @@ def start():
 
 @bp.get("/c/<conversation_id>")
 def conversation(conversation_id: str):
-    conversation = conversations.get_conversation(get_redis(), conversation_id)
+    conversation = _visible(conversations.get_conversation(get_redis(), conversation_id))
     if conversation is None:
-        # Gone (retention over, cleared, or Redis lost it): the page offers to catch up from
-        # the copy this browser may have kept.
+        # Gone (retention over, cleared, or Redis lost it), or never this visitor's: the
+        # page offers to catch up from the copy this browser may have kept.
         return render_template("chat/gone.html", conversation_id=conversation_id), 404
-    return _render_conversation(_checked_owner(conversation))
+    return _render_conversation(conversation)
 
 
 @bp.post("/restore")

@@ -3,7 +3,7 @@
 import logging
 
 import redis
-from flask import Blueprint, render_template, request
+from flask import Blueprint, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
 
 bp = Blueprint("errors", __name__)
@@ -40,11 +40,18 @@ def csrf_failed(_error):
 
 @bp.app_errorhandler(413)
 def too_large(_error):
-    return _page(
-        413,
-        "That was too much to send at once",
-        "Nothing was saved. Shorten the message and send it again.",
+    # The body is refused unread; the text is kept in the browser, which puts it back in
+    # the message box of the page it was sent from.
+    conversation_id = (request.view_args or {}).get("conversation_id")
+    back = url_for("chat.conversation", conversation_id=conversation_id) if conversation_id else "/"
+    page = render_template(
+        "errors/error.html",
+        title="That was too much to send at once",
+        text="Nothing was saved, and what you typed is still in this browser. Go back, "
+        "shorten it and send it again.",
+        back=back,
     )
+    return page, 413
 
 
 @bp.app_errorhandler(429)

@@ -76,6 +76,12 @@ def current_owner() -> str:
     return owners.of_guest(session["guest_id"])
 
 
+def login_ran_out() -> bool:
+    """This browser was logged in, and its login ended without it logging out (it ran
+    out, or it was signed out everywhere)."""
+    return not current_user.is_authenticated and "_user_id" in session
+
+
 def log_in(user: User, remember: bool) -> None:
     """Start a new login: a fresh session (keeping only KEPT_ACROSS_LOGIN) and a new token
     checked on each request."""
