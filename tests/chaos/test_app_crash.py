@@ -1,11 +1,15 @@
 """R1: ``kill -9`` of the whole app (gunicorn master and workers) while several guests chat
 and Claude's replies are streaming. Restarted on the same port and Redis, the app has every
 acknowledged message, reaps the cut replies as interrupted with their partial text, shows
-them so, and Continue completes them."""
+them so, and Continue completes them. A cut reply nobody reaps is marked interrupted by the
+first page that sees it stale, within RUN_STALE_SECONDS + 5 s of the restart."""
+
+import time
 
 from tests.chaos.conftest import (
     REPLY,
     TRANSPORT_ERRORS,
+    WRITING_MARK,
     Crowd,
     Guest,
     Ledger,
@@ -16,6 +20,7 @@ from tests.chaos.conftest import (
 from tests.test_run_processes import (
     REAPER_LOG_LINE,
     wait_for,
+    wait_for_chunks,
     wait_for_new_run_to_end,
     wait_until_ended,
 )
@@ -166,4 +171,44 @@ def test_kill_9_of_the_app_mid_reply_loses_nothing_and_replies_can_be_continued(
     print(
         f"\nR1: {GUESTS} guests, {len(ledger.acknowledged)} messages acknowledged, "
         f"{len(cut)} replies cut by kill -9 and interrupted ({len(with_text)} with partial text)"
+    )
+
+
+STALE_SECONDS = 6
+"""Longer than a restart takes, so that the reaper's round at start-up finds nothing stale."""
+SLACK_SECONDS = 5
+
+
+def test_after_kill_9_the_page_shows_a_cut_reply_interrupted_once_it_is_stale(
+    launch_app, claude, own_redis_client
+):
+    """No reaper marks it: its round at start-up comes before the reply is stale, and its
+    next is an hour away. The page, reloaded as it reloads itself without script, ends the
+    run itself once its heartbeat is RUN_STALE_SECONDS old: within RUN_STALE_SECONDS + 5 s
+    of the restart."""
+    r = own_redis_client
+    claude.token_delay = TOKEN_DELAY_SECONDS
+    app = launch_app(workers=1, RUN_STALE_SECONDS=STALE_SECONDS, RUN_REAPER_INTERVAL_SECONDS=3600)
+    guest = Guest(app.url)
+    fields = guest.page("/").form_fields()
+    answer = guest.request("/", {**fields, "text": "Tell me how replies survive."})
+    conversation_id = answer.location.rsplit("/", 1)[-1]
+    run = wait_for(lambda: runs.latest_run(r, conversation_id), "the reply to start")
+    wait_for_chunks(r, run, 4)
+    app.kill()
+    app.start()
+    restarted = time.monotonic()
+
+    def interrupted():
+        page = guest.page(f"/c/{conversation_id}")
+        return page if WRITING_MARK not in page.body else None
+
+    page = wait_for(interrupted, "the page to show the reply ended", STALE_SECONDS + SLACK_SECONDS)
+    seconds = time.monotonic() - restarted
+    assert "This reply was interrupted" in page.body, page
+    assert {"Continue", "Retry"} <= page.buttons().keys(), page
+    assert runs.latest_run(r, conversation_id).status == runs.INTERRUPTED
+    assert REAPER_LOG_LINE not in app.output(), "the reaper marked it, not the page"
+    print(
+        f"\nR1: interrupted shown {seconds:.1f} s after the restart (stale after {STALE_SECONDS} s)"
     )
