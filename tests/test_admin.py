@@ -292,12 +292,12 @@ def test_a_page_costs_a_bounded_number_of_round_trips_with_10000_conversations(
     admin_client, real_redis, monkeypatch, capsys
 ):
     users = [make_user(real_redis, f"user{n}") for n in range(5)]
-    create_conversations(
-        real_redis,
-        10_000,
-        owner=lambda n: users[n % 5].owner if n % 2 else f"guest:g{n % 101}",
-        expired=lambda n: n % 3 == 0,
-    )
+
+    def owner(n):
+        return users[n % 5].owner if n % 2 else f"guest:g{n % 101}"
+
+    ids = create_conversations(real_redis, 10_000, owner=owner, expired=lambda n: n % 3 == 0)
+    guests = {cid for n, cid in enumerate(ids) if owner(n) == "guest:g7"}
     counted = RoundTrips(monkeypatch)
 
     def measure(path):
@@ -313,12 +313,14 @@ def test_a_page_costs_a_bounded_number_of_round_trips_with_10000_conversations(
     listed = rows(html)
     next_html, next_trips, next_commands = measure(unescape(NEXT_PAGE.search(html)[1]))
     filtered_html, filtered_trips, filtered_commands = measure("/admin?state=expired&owner=user3")
+    guest_html, guest_trips, guest_commands = measure("/admin?owner=guest:g7")
     with capsys.disabled():
         print(
             f"\n10,000 conversations: first page {trips} round trips / {commands} commands "
             f"({len(listed)} rows); next page {next_trips} / {next_commands} "
             f"({len(rows(next_html))} rows); filtered {filtered_trips} / {filtered_commands} "
-            f"({len(rows(filtered_html))} rows); with the state counts uncached "
+            f"({len(rows(filtered_html))} rows); one guest's {guest_trips} / {guest_commands} "
+            f"({len(rows(guest_html))} rows); with the state counts uncached "
             f"{cold_trips} / {cold_commands}"
         )
     assert 40 <= len(listed) <= 70  # a page is about ADMIN_PAGE_SIZE (50) rows
@@ -332,6 +334,10 @@ def test_a_page_costs_a_bounded_number_of_round_trips_with_10000_conversations(
     assert len(rows(filtered_html)) > 0
     assert filtered_trips <= 2 * 20 + 8  # at most MAX_SCANS_PER_PAGE rounds of SCAN + facts
     assert filtered_commands < 5 * 10_000  # less than reading every conversation's facts
+    # One owner's page reads that owner's index: all of a guest's conversations on its first
+    # page, for no more than twice the unfiltered first page.
+    assert set(rows(guest_html)) == guests and len(guests) == 49
+    assert guest_trips <= trips and guest_commands <= 2 * commands
     # Counting states walks everything once, a thousand keys a round trip, never KEYS.
     assert cold_trips <= trips + 2 * (10_000 * 2 // 1000) + 4
     assert "keys" not in {name.removeprefix("cmdstat_") for name in real_redis.info("commandstats")}

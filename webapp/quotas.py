@@ -164,17 +164,25 @@ class Usage:
 
 
 def usage(r: redis.Redis, limits: Limits, owner: str, retention: int) -> list[Usage]:
-    """What ``owner`` uses of each of its quotas, for the console."""
-    live = r.zcount(keys.owner_conversations(owner), f"({time.time() - retention}", "+inf")
-    lines = [Usage("Live conversations", live, limits.live_conversations(owner))]
-    for what, windows, scope in (
-        ("Model calls", limits.model_calls, MODEL_CALLS),
-        ("New conversations", limits.new_conversations, NEW_CONVERSATIONS),
-        ("Resume codes", limits.resume_codes, RESUME_CODES),
-    ):
-        taken = rate_limits.slots_taken(r, windows, scope, owner)
-        lines += [
-            Usage(f"{what} this {window.name}", used, window.limit)
-            for window, used in zip(windows, taken, strict=True)
-        ]
-    return lines
+    """What ``owner`` uses of each of its quotas, for the console; one round trip."""
+    windows = [
+        (f"{what} this {window.name}", window, scope)
+        for what, scope_windows, scope in (
+            ("Model calls", limits.model_calls, MODEL_CALLS),
+            ("New conversations", limits.new_conversations, NEW_CONVERSATIONS),
+            ("Resume codes", limits.resume_codes, RESUME_CODES),
+        )
+        for window in scope_windows
+    ]
+    pipe = r.pipeline(transaction=False)
+    pipe.zcount(keys.owner_conversations(owner), f"({time.time() - retention}", "+inf")
+    for _, window, scope in windows:
+        rate_limits.queue_slots_taken(pipe, window, scope, owner)
+    live, *stored = pipe.execute()
+    return [
+        Usage("Live conversations", live, limits.live_conversations(owner)),
+        *(
+            Usage(what, rate_limits.slots_taken(window, answer), window.limit)
+            for (what, window, _), answer in zip(windows, stored, strict=True)
+        ),
+    ]

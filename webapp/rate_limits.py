@@ -102,13 +102,13 @@ def give_back_slot(r: redis.Redis, slot: Slot) -> None:
     GIVE_BACK_SLOT.run(r, slot.window_keys, slot.windows_began)
 
 
-def slots_taken(r: redis.Redis, windows: Sequence[Window], scope: str, client: str) -> list[int]:
-    """How many of ``client``'s slots of ``scope`` each of ``windows`` holds now."""
-    now = int(clock() * 1000)
-    pipe = r.pipeline(transaction=False)
-    for window in windows:
-        pipe.hmget(window_key(client, scope, window), "count", "started")
-    return [
-        int(count) if count and started and int(started) + window.seconds * 1000 > now else 0
-        for window, (count, started) in zip(windows, pipe.execute(), strict=True)
-    ]
+def queue_slots_taken(pipe, window: Window, scope: str, client: str) -> None:
+    """Queue the read of ``window``'s hash of ``client``'s ``scope`` (see slots_taken)."""
+    pipe.hmget(window_key(client, scope, window), "count", "started")
+
+
+def slots_taken(window: Window, stored: Sequence[str | None]) -> int:
+    """How many slots ``window`` holds now, from its hash as queue_slots_taken read it."""
+    count, started = stored
+    ended = not started or int(started) + window.seconds * 1000 <= int(clock() * 1000)
+    return 0 if ended or not count else int(count)

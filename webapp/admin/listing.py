@@ -214,8 +214,11 @@ def list_conversations(
     Each SCAN call's finds are read in one pipeline (and filtered); the page's rows then get
     their sizes in one more. A page may hold a few more rows than ``page_size`` (SCAN
     answers in whole buckets), or fewer when a filter matches little (it stops after
-    MAX_SCANS_PER_PAGE calls; its "next page" carries on from there).
+    MAX_SCANS_PER_PAGE calls; its "next page" carries on from there). One owner's
+    conversations are read from its index instead (see _list_owners_conversations).
     """
+    if owner is not None and owner != GUESTS:
+        return _list_owners_conversations(r, owner, cursor, page_size, state)
     kept: dict[str, Facts] = {}
     scans = examined = count = 0
     while len(kept) < page_size and scans < MAX_SCANS_PER_PAGE:
@@ -236,6 +239,26 @@ def list_conversations(
         if cursor == 0:
             break
     return Page(rows=_rows(r, kept), next_cursor=cursor or None)
+
+
+def _list_owners_conversations(
+    r: redis.Redis, owner: str, offset: int, page_size: int, state: str | None
+) -> Page:
+    """One page of ``owner``'s conversations, newest activity first, read from its index
+    from ``offset`` (the page's cursor): what the page shows costs what one owner has, not
+    what the whole database holds. Entries whose conversation is gone, or no longer the
+    owner's, are skipped (the sweep removes them)."""
+    index, kept = keys.owner_conversations(owner), {}
+    while len(kept) < page_size:
+        ids = r.zrevrange(index, offset, offset + page_size - 1)
+        offset += len(ids)
+        for conversation_id, facts in _read_facts(r, ids).items() if ids else ():
+            if facts.meta["owner"] == owner and state in (None, facts.state):
+                kept[conversation_id] = facts
+        if len(ids) < page_size:
+            offset = 0  # the end of the index
+            break
+    return Page(rows=_rows(r, kept), next_cursor=offset or None)
 
 
 def conversation_row(r: redis.Redis, conversation_id: str) -> ConversationRow | None:
