@@ -15,6 +15,7 @@ from webapp import conversations, lifecycle, resume_codes, runs
 from webapp.conversations import Lifetimes, Message
 from webapp.llm import END_TURN, NOTE_INTRODUCTION, Finished, Usage
 from webapp.llm.offline import OfflineProvider
+from webapp.run_worker import RunWorker
 from webapp.storage import keys
 
 OWNER = "guest:lifecycle"
@@ -651,3 +652,30 @@ def test_the_sweep_counts_each_expired_session_once_with_scan(real_redis, lifeti
     assert not real_redis.hexists(keys.conversation_meta(ending), "session_ended")
     wait_for_session_to_expire(real_redis, ending)
     assert lifecycle.sweep_expired_sessions(real_redis) == 1
+
+
+def test_one_process_of_the_deployment_sweeps_per_interval(real_redis, lifetimes, monkeypatch):
+    """Four processes (here, their workers) each try at start-up and at every interval: one
+    sweeps; once the interval is over, one of them sweeps again."""
+    interval = 0.3
+    workers = [
+        RunWorker(
+            real_redis,
+            OfflineProvider(),
+            lifetimes,
+            TEST_RUN_SETTINGS,
+            threads=1,
+            reaper_interval=60,
+            sweep_interval=interval,
+        )
+        for _ in range(4)
+    ]
+    swept = []
+    monkeypatch.setattr(lifecycle, "sweep_expired_sessions", lambda r: swept.append(1) or 0)
+    assert [worker._sweep() for worker in workers].count(True) == 1
+    assert [worker._sweep() for worker in workers].count(True) == 0  # the same interval
+    time.sleep(interval + 0.1)
+    assert [worker._sweep() for worker in workers].count(True) == 1
+    assert len(swept) == 2
+    for worker in workers:
+        worker.shutdown()

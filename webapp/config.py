@@ -94,8 +94,9 @@ DEFAULTS = {
     "RUN_EVENTS_MAX": 10_000,
     # How long a finished reply's events stay for late watchers (its text is in the transcript).
     "RUN_EVENTS_TTL_SECONDS": 3600,
-    # How often each process sweeps (with SCAN) for expired sessions and stale index
-    # entries; also once at start-up.
+    # How often the deployment sweeps (with SCAN) for expired sessions and stale index
+    # entries: each process tries at start-up and at this interval, and the first to take
+    # the interval's lock in Redis sweeps for all.
     "SWEEP_INTERVAL_SECONDS": 300,
     # Replies written at once by one process.
     "RUN_THREADS": 16,

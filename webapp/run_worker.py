@@ -1,9 +1,11 @@
 """This process's background work: it writes replies in background threads, beats their
 heartbeats, reaps stale runs of any process, interrupts its own runs when it stops, and
-sweeps expired sessions and stale index entries (at start-up and periodically)."""
+sweeps expired sessions and stale index entries (at start-up and periodically, one process
+of the whole deployment per interval)."""
 
 import atexit
 import logging
+import os
 import threading
 import time
 
@@ -13,6 +15,7 @@ from webapp import conversations, lifecycle, metrics, runs
 from webapp.conversations import Lifetimes
 from webapp.llm import Provider
 from webapp.runs import Run, RunSettings
+from webapp.storage import keys
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +89,16 @@ class RunWorker:
         if reaped:
             log.warning("marked %d stale runs interrupted", reaped)
 
-    def _sweep(self) -> None:
+    def _sweep(self) -> bool:
+        """Sweep, unless another process (of any instance) has this interval: the first to
+        take the interval's lock sweeps for everyone. Whether this one swept."""
+        interval_ms = max(1, int(self.sweep_interval * 1000))
+        if not self.r.set(keys.SWEEP_LOCK, os.getpid(), nx=True, px=interval_ms):
+            return False
         expired = lifecycle.sweep_expired_sessions(self.r)
         metrics.count_sessions_expired(self.r, expired)
         conversations.sweep_indexes(self.r)
+        return True
 
     def shutdown(self) -> None:
         """Stop beating and mark this process's running runs interrupted (partial text kept)."""

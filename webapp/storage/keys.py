@@ -79,6 +79,10 @@ def run_events(conversation_id: str, run_id: str) -> str:
     return f"{PREFIX}:conv:{{{conversation_id}}}:run:{run_id}:events"
 
 
+SWEEP_LOCK = f"{PREFIX}:sweep-lock"
+"""String: the process (pid) sweeping this interval. TTL: SWEEP_INTERVAL_SECONDS, so that
+one process of the whole deployment sweeps per interval."""
+
 RUNS_RUNNING = f"{PREFIX}:runs:running"
 """Sorted set: "<conversation id> <run id>" of every running run, scored by its last
 heartbeat, for the reaper. No TTL: members leave when their run ends."""
