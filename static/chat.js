@@ -2,6 +2,37 @@
 // ends. Without JavaScript the page refreshes itself until the reply is done.
 "use strict";
 
+// Times come in UTC (<time datetime>); shown here in the reader's own time zone, and in
+// lists as "5 min ago". Without script they stay in UTC.
+const LOCAL_TIME = new Intl.DateTimeFormat(undefined, {
+  year: "numeric", month: "short", day: "numeric",
+  hour: "2-digit", minute: "2-digit", timeZoneName: "short",
+});
+const RELATIVE_TIME = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+
+function localTime(iso) {
+  return LOCAL_TIME.format(new Date(iso));
+}
+
+function relativeTime(iso) {
+  const seconds = (new Date(iso) - Date.now()) / 1000;
+  for (const [unit, size] of [["day", 86400], ["hour", 3600], ["minute", 60]]) {
+    if (Math.abs(seconds) >= size) return RELATIVE_TIME.format(Math.round(seconds / size), unit);
+  }
+  return RELATIVE_TIME.format(0, "minute");
+}
+
+function showTimes(root = document) {
+  for (const time of root.querySelectorAll("time[datetime][data-show]")) {
+    time.title = time.title || time.textContent; // UTC, on hover
+    time.textContent = time.dataset.show === "relative"
+      ? relativeTime(time.dateTime)
+      : localTime(time.dateTime);
+  }
+}
+
+showTimes();
+
 function watchRun() {
   const run = document.getElementById("run");
   if (!run || !window.EventSource) return;
@@ -33,7 +64,10 @@ async function refreshConversation() {
   const response = await fetch(location.pathname, { headers: { Accept: "text/html" } });
   const page = new DOMParser().parseFromString(await response.text(), "text/html");
   const fresh = page.getElementById("live");
-  if (fresh) document.getElementById("live").replaceWith(fresh);
+  if (fresh) {
+    document.getElementById("live").replaceWith(fresh);
+    showTimes(fresh);
+  }
   watchRun();
 }
 
@@ -97,7 +131,7 @@ function idleTimer() {
       code.exchanges === 1 ? "1 exchange is" : `${code.exchanges} exchanges are`;
     dialog.querySelector(".topic").textContent = code.last_topic;
     dialog.querySelector(".code").textContent = code.code;
-    dialog.querySelector(".valid-until").textContent = code.valid_until;
+    dialog.querySelector(".valid-until").textContent = localTime(code.valid_until);
     dialog.showModal();
   }, 1000);
 

@@ -453,7 +453,7 @@ def test_a_parked_session_shows_its_hint_and_is_frozen_under_the_code(
     page = unescape(chat.client.get(f"/c/{conversation_id}").text)
     notice = re.search(r'<p class="session-clock parked">(.*?)</p>', page, re.S)[1]
     assert f"Resume code {answer['code'][:4]}-… saved" in notice
-    assert f"valid until <time>{answer['valid_until']}</time>" in notice
+    assert f'valid until <time datetime="{answer["valid_until"]}" data-show="local">' in notice
     assert answer["code"] not in page  # shown once, when issued
     assert 'id="idle-dialog"' not in page  # no idle timer while parked
 

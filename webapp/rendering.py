@@ -41,8 +41,24 @@ def format_time(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def iso_time(timestamp: float) -> str:
+    """A UTC timestamp as a machine-readable date and time (for ``<time datetime>``)."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@functools.lru_cache(maxsize=4096)
+def time_tag(timestamp: float, relative: bool = False) -> Markup:
+    """A ``<time>`` in UTC that the page's script shows in the reader's own time zone (and,
+    ``relative``, as "5 min ago"); without script it stays in UTC."""
+    how = "relative" if relative else "local"
+    return Markup(  # noqa: S704 (two formatted dates, nothing from a user)
+        f'<time datetime="{iso_time(timestamp)}" data-show="{how}">{format_time(timestamp)}</time>'
+    )
+
+
 def init_app(app: Flask) -> None:
     """Template filters for Markdown and times, and the model's name in every page."""
     app.add_template_filter(markdown_to_html, "markdown")
     app.add_template_filter(format_time, "time")
+    app.add_template_filter(time_tag, "time_tag")
     app.context_processor(lambda: {"model_name": app.extensions["llm"].name})

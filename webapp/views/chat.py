@@ -27,7 +27,7 @@ from webapp import (
 )
 from webapp.conversations import Conversation, ConversationGone, Message, MessageRejected
 from webapp.quotas import QuotaReached
-from webapp.rendering import format_time
+from webapp.rendering import iso_time
 from webapp.replies import Replies, UnknownRun
 from webapp.runs import RunInProgress, SessionExpired, follow
 from webapp.storage import WATCH_BLOCK_MS, get_blocking_redis, get_redis
@@ -257,7 +257,7 @@ def park(conversation_id: str):
         recap = transcripts.recap(r, conversation.id)
         return {
             "code": issued.code,
-            "valid_until": format_time(issued.expires_at),
+            "valid_until": iso_time(issued.expires_at),
             "exchanges": recap.exchanges,
             "last_topic": recap.last_topic,
         }
