@@ -67,6 +67,7 @@ async function refreshConversation() {
   if (fresh) {
     document.getElementById("live").replaceWith(fresh);
     showTimes(fresh);
+    addCopyButtons(fresh);
   }
   watchRun();
 }
@@ -263,3 +264,58 @@ document.addEventListener("submit", (event) => {
   localStorage.removeItem(COPY_PREFIX + id);
   localStorage.removeItem(DRAFT_PREFIX + "/c/" + id + "/draft");
 });
+
+// The message box: Enter sends, Shift+Enter starts a new line, and the box grows with its
+// text. Escape stops the reply being written (unless a dialog is open: it closes that).
+function composerKeys() {
+  const form = document.querySelector("form.composer");
+  if (form) {
+    const box = form.querySelector("textarea[name=text]");
+    const grow = () => {
+      box.style.height = "auto";
+      box.style.height = `${Math.min(box.scrollHeight + 2, innerHeight / 2)}px`;
+    };
+    box.addEventListener("input", grow);
+    grow();
+    box.addEventListener("keydown", (event) => {
+      if (event.key !== "Enter" || event.shiftKey || event.isComposing) return;
+      event.preventDefault();
+      if (box.value.trim()) form.requestSubmit();
+    });
+  }
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || document.querySelector("dialog[open]")) return;
+    const stop = document.querySelector("#run form[action$='/stop']");
+    if (stop) stop.requestSubmit();
+  });
+}
+
+composerKeys();
+
+// Copy buttons: on each reply, and on each block of code in one.
+async function copyText(button, text, fallback) {
+  if (navigator.clipboard && window.isSecureContext) {
+    await navigator.clipboard.writeText(text);
+    button.textContent = "Copied";
+    setTimeout(() => (button.textContent = "Copy"), 1500);
+  } else {
+    getSelection().selectAllChildren(fallback); // no clipboard here: selected to copy
+  }
+}
+
+function addCopyButtons(root = document) {
+  for (const target of root.querySelectorAll("article.message.assistant .text, .message .text pre")) {
+    if (target.dataset.copyable) continue;
+    target.dataset.copyable = "1";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "copy-button small secondary";
+    button.textContent = "Copy";
+    button.setAttribute("aria-label", target.tagName === "PRE" ? "Copy this code" : "Copy this reply");
+    button.addEventListener("click", () => copyText(button, target.innerText, target));
+    if (target.tagName === "PRE") target.before(button);
+    else target.after(button);
+  }
+}
+
+addCopyButtons();

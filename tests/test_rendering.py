@@ -75,9 +75,12 @@ def test_links_are_kept_safe():
 FORMATTING_TAGS = {
     "p", "br", "hr", "em", "strong", "code", "pre", "blockquote", "a",
     "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6",
-    "table", "thead", "tbody", "tr", "th", "td", "del",
+    "table", "thead", "tbody", "tr", "th", "td", "del", "span",
 }  # fmt: skip
-INERT_ATTRIBUTES = {"href", "title", "rel", "start", "align"}
+INERT_ATTRIBUTES = {"href", "title", "rel", "start", "align", "class"}
+INERT_CLASS = re.compile(r"^(language-\S+|[a-z][a-z0-9]{0,3})$")
+"""A fence's language, or one of Pygments' short token classes: nothing styled by the app's
+own rules."""
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 
@@ -114,6 +117,8 @@ def test_corpus_payload_renders_as_text_and_formatting(payload):
     rendered.close()
     assert rendered.tags <= FORMATTING_TAGS
     assert {name for name, _ in rendered.attributes} <= INERT_ATTRIBUTES
+    classes = [value for name, value in rendered.attributes if name == "class"]
+    assert all(INERT_CLASS.match(value) for value in classes), classes
     links = [value for name, value in rendered.attributes if name == "href"]
     assert all(scheme_of(link) in (None, "http", "https", "mailto") for link in links), links
     assert " ".join(payload.shown.split()) in " ".join("".join(rendered.text).split())
@@ -124,3 +129,17 @@ def test_the_scheme_check_reads_urls_as_a_browser_does():
     assert scheme_of("DATA:text/html,x") == "data"
     assert scheme_of("%E2%80%8Bjavascript:alert(1)") is None
     assert scheme_of("/c/abc") is None
+
+
+def test_code_blocks_are_highlighted_on_the_server_and_stay_inert():
+    html = markdown_to_html("```python\ndef greet(name):\n    return '<b>' + name\n```")
+    assert '<code class="language-python">' in html
+    assert '<span class="k">def</span>' in html  # a keyword, as Pygments classes it
+    assert '<span class="nf">greet</span>' in html
+    assert "&lt;b&gt;" in html and "<b>" not in html  # code is text, highlighted or not
+
+
+def test_a_block_in_a_language_nobody_knows_is_plain_escaped_text():
+    html = markdown_to_html("```klingon\n<script>alert(1)</script>\n```")
+    assert html.startswith('<pre><code class="language-klingon">&lt;script&gt;')
+    assert "<span" not in html

@@ -1,4 +1,5 @@
-"""Markdown for replies: rendered with raw HTML off, then sanitised."""
+"""Markdown for replies: rendered with raw HTML off, code blocks highlighted, then
+sanitised."""
 
 import functools
 from datetime import UTC, datetime
@@ -7,15 +8,40 @@ import nh3
 from flask import Flask
 from markdown_it import MarkdownIt
 from markupsafe import Markup
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import get_lexer_by_name
+from pygments.util import ClassNotFound
 
-_markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+_FORMATTER = HtmlFormatter(nowrap=True)
+"""Pygments' token classes (``k``, ``s``...) as spans; static/app.css colours them."""
+
+
+def _highlight(code: str, language: str, _attributes) -> str:
+    """A fenced block's code as highlighted HTML, for a language Pygments knows; "" (plain,
+    escaped by markdown-it) otherwise."""
+    try:
+        lexer = get_lexer_by_name(language.strip().split()[0]) if language.strip() else None
+    except ClassNotFound:
+        lexer = None
+    return highlight(code, lexer, _FORMATTER) if lexer else ""
+
+
+_markdown = MarkdownIt("commonmark", {"html": False, "highlight": _highlight}).enable("table")
 
 ALLOWED_TAGS = {
     "p", "br", "hr", "em", "strong", "code", "pre", "blockquote", "a",
     "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6",
-    "table", "thead", "tbody", "tr", "th", "td", "del",
+    "table", "thead", "tbody", "tr", "th", "td", "del", "span",
 }  # fmt: skip
-ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "ol": {"start"}, "th": {"align"}, "td": {"align"}}
+ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "ol": {"start"},
+    "th": {"align"},
+    "td": {"align"},
+    "code": {"class"},  # language-<name>, from the fence
+    "span": {"class"},  # Pygments' token classes
+}
 
 
 # Messages never change once stored, and every page view renders its 50 again: a worker

@@ -77,7 +77,9 @@ ACTIVE_CONTENT = """
     "link", "meta", "base", "portal", "noscript", "template"];
   const FORMATTING_TAGS = ["p", "br", "hr", "em", "strong", "code", "pre", "blockquote", "a",
     "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr",
-    "th", "td", "del"];
+    "th", "td", "del", "span"];
+  // A fence's language, or one of Pygments' short token classes (highlighted code).
+  const INERT_CLASS = /^(language-\\S+|[a-z][a-z0-9]{0,3})$/;
 
   for (const element of document.querySelectorAll("*")) {
     for (const { name, value } of element.attributes) {
@@ -111,6 +113,11 @@ ACTIVE_CONTENT = """
   }
   for (const text of document.querySelectorAll(".message .text")) {
     for (const element of text.querySelectorAll("*")) {
+      // The page's own Copy button on a block of code (no model text makes a button).
+      if (element.matches("button.copy-button[type=button]")) continue;
+      if (element.className && !INERT_CLASS.test(element.className)) {
+        problems.push(`class ${element.className}: ${show(element)}`);
+      }
       if (!FORMATTING_TAGS.includes(element.localName)) {
         problems.push(`not formatting: ${show(element)}`);
       }
