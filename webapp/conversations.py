@@ -340,27 +340,37 @@ def fork_conversation(
     if not copied or original is None:
         raise ConversationGone(conversation_id)
     fork_id = create_conversation(r, owner, lifetimes, fork_id)
-    meta, messages, session, recent_ids, *_ = keys.conversation_keys(fork_id)
-    ids = [Message.from_json(raw).id for raw in copied]
-    roles = [Message.from_json(raw).role for raw in copied]
-    notes = [index for index, role in enumerate(roles) if role == "note"]
-    pipe = r.pipeline(transaction=True)  # the fork's keys share one hash slot
-    pipe.rpush(messages, *copied)
-    pipe.lpush(recent_ids, *ids[-DEDUPE_WINDOW:])
-    pipe.hset(
-        meta,
-        mapping={
-            "title": make_title(f"{original.title} (fork)"),
-            "message_count": len(copied),
-            "forked_from": conversation_id,
-        },
+    fill_conversation(
+        r, fork_id, copied, f"{original.title} (fork)", lifetimes, forked_from=conversation_id
     )
+    metrics.count_fork(r)
+    return fork_id
+
+
+def fill_conversation(
+    r: redis.Redis,
+    conversation_id: str,
+    raw_messages: list[str],
+    title: str,
+    lifetimes: Lifetimes,
+    *,
+    forked_from: str | None = None,
+) -> None:
+    """Give a conversation just created its messages (as stored: JSON strings), its title
+    and (for a fork) its origin, in one transaction; its context starts from its last note."""
+    meta, messages, session, recent_ids, *_ = keys.conversation_keys(conversation_id)
+    parsed = [Message.from_json(raw) for raw in raw_messages]
+    notes = [index for index, message in enumerate(parsed) if message.role == "note"]
+    pipe = r.pipeline(transaction=True)  # the conversation's keys share one hash slot
+    pipe.rpush(messages, *raw_messages)
+    pipe.lpush(recent_ids, *[message.id for message in parsed[-DEDUPE_WINDOW:]])
+    pipe.hset(meta, mapping={"title": make_title(title), "message_count": len(raw_messages)})
+    if forked_from:
+        pipe.hset(meta, "forked_from", forked_from)
     pipe.hset(session, "context_from", notes[-1] if notes else 0)
     pipe.expire(messages, lifetimes.transcript_retention)
     pipe.expire(recent_ids, lifetimes.transcript_retention)
     pipe.execute()
-    metrics.count_fork(r)
-    return fork_id
 
 
 def sweep_indexes(r: redis.Redis, batch: int = 500) -> int:

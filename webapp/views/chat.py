@@ -47,7 +47,7 @@ def _replies() -> Replies:
     return current_app.extensions["replies"]
 
 
-def _refused(page: str, quota: QuotaReached):
+def refused_by_quota(page, quota: QuotaReached):
     """``page`` (which keeps what was typed) as the answer to a request a quota refused."""
     headers = {"Retry-After": str(quota.retry_after)} if quota.retry_after else {}
     return page, 429, headers
@@ -64,7 +64,7 @@ def _message_from_form() -> Message:
     return Message(id=message_id, role="user", content=text, created_at=time.time())
 
 
-def _owned_conversation(conversation_id: str) -> Conversation:
+def owned_conversation(conversation_id: str) -> Conversation:
     """The conversation if it exists and belongs to this visitor; 404 otherwise (see
     _visible)."""
     conversation = _visible(conversations.get_conversation(get_redis(), conversation_id))
@@ -104,7 +104,7 @@ def start():
     except MessageRejected as error:
         return _render_index(error=str(error), draft=draft), 400
     except QuotaReached as quota:
-        return _refused(_render_index(error=quota.text, draft=draft), quota)
+        return refused_by_quota(_render_index(error=quota.text, draft=draft), quota)
     return _to_latest(conversation_id)
 
 
@@ -131,13 +131,13 @@ def restore():
         return page, 400
     except QuotaReached as quota:
         page = render_template("chat/gone.html", conversation_id="", rejected=quota.text)
-        return _refused(page, quota)
+        return refused_by_quota(page, quota)
     return _to_latest(conversation_id)
 
 
 @bp.post("/c/<conversation_id>/messages")
 def send(conversation_id: str):
-    conversation = _owned_conversation(conversation_id)
+    conversation = owned_conversation(conversation_id)
     draft = request.form.get("text", "")
     try:
         _replies().send(conversation, client_address(), _message_from_form())
@@ -146,7 +146,9 @@ def send(conversation_id: str):
     except RunInProgress:
         return _render_conversation(conversation, error=RUN_IN_PROGRESS_TEXT, draft=draft), 409
     except QuotaReached as quota:
-        return _refused(_render_conversation(conversation, error=quota.text, draft=draft), quota)
+        return refused_by_quota(
+            _render_conversation(conversation, error=quota.text, draft=draft), quota
+        )
     except SessionExpired:
         return _render_conversation(conversation, error=SESSION_EXPIRED_TEXT, draft=draft), 409
     except ConversationGone:
@@ -157,7 +159,7 @@ def send(conversation_id: str):
 @bp.post("/c/<conversation_id>/runs/<run_id>/stop")
 def stop(conversation_id: str, run_id: str):
     try:
-        _replies().stop(_owned_conversation(conversation_id), run_id)
+        _replies().stop(owned_conversation(conversation_id), run_id)
     except UnknownRun:
         abort(404)
     return _to_latest(conversation_id)
@@ -175,24 +177,24 @@ def retry(conversation_id: str, run_id: str):
 
 def _redo(conversation_id: str, run_id: str, carry_on: bool):
     """Write the reply of a run that ended early again: from its partial text, or afresh."""
-    conversation = _owned_conversation(conversation_id)
+    conversation = owned_conversation(conversation_id)
     try:
         _replies().redo(conversation, client_address(), run_id, carry_on=carry_on)
     except (UnknownRun, ConversationGone):
         abort(404)
     except QuotaReached as quota:
-        return _refused(_render_conversation(conversation, error=quota.text), quota)
+        return refused_by_quota(_render_conversation(conversation, error=quota.text), quota)
     return _to_latest(conversation.id)
 
 
 @bp.post("/c/<conversation_id>/catch-up")
 def catch_up(conversation_id: str):
     """Where were we? Summarise the conversation and start a new session from the summary."""
-    conversation = _owned_conversation(conversation_id)
+    conversation = owned_conversation(conversation_id)
     try:
         _replies().catch_up(conversation, client_address())
     except QuotaReached as quota:
-        return _refused(_render_conversation(conversation, error=quota.text), quota)
+        return refused_by_quota(_render_conversation(conversation, error=quota.text), quota)
     except ConversationGone:
         abort(404)
     return _to_latest(conversation.id)
@@ -201,7 +203,7 @@ def catch_up(conversation_id: str):
 @bp.post("/c/<conversation_id>/draft")
 def save_draft(conversation_id: str):
     """Keep what is being typed (sent by the page's script as the user types)."""
-    conversation = _owned_conversation(conversation_id)
+    conversation = owned_conversation(conversation_id)
     conversations.save_draft(get_redis(), conversation.id, request.form.get("text", ""))
     return "", 204
 
@@ -209,7 +211,7 @@ def save_draft(conversation_id: str):
 @bp.post("/c/<conversation_id>/fork")
 def fork(conversation_id: str):
     """A new conversation with the transcript up to the chosen message."""
-    conversation = _owned_conversation(conversation_id)
+    conversation = owned_conversation(conversation_id)
     through = request.form.get("through", type=int)
     if through is None or not 0 <= through < conversation.message_count:
         abort(400)
@@ -226,7 +228,7 @@ def fork(conversation_id: str):
                 r, conversation.id, conversation.owner, through, settings.lifetimes, fork_id
             )
     except QuotaReached as quota:
-        return _refused(_render_conversation(conversation, error=quota.text), quota)
+        return refused_by_quota(_render_conversation(conversation, error=quota.text), quota)
     except ConversationGone:
         abort(404)
     return _to_latest(fork_id)
@@ -236,15 +238,15 @@ def fork(conversation_id: str):
 def park(conversation_id: str):
     """Issue a resume code and park the conversation under it. The idle timer asks for JSON;
     the "Get a resume code" button (no script needed) gets the page with the code."""
-    conversation = _owned_conversation(conversation_id)
+    conversation = owned_conversation(conversation_id)
     r = get_redis()
     try:
         # A code asked for as the session ended (none is issued) counts too: it is rare.
         quotas.take_resume_code(r, config.current().quotas, conversation.owner)
     except QuotaReached as quota:
         if request.accept_mimetypes.best == "application/json":
-            return _refused({"error": quota.text}, quota)
-        return _refused(_render_conversation(conversation, error=quota.text), quota)
+            return refused_by_quota({"error": quota.text}, quota)
+        return refused_by_quota(_render_conversation(conversation, error=quota.text), quota)
     issued = resume_codes.park(
         r,
         current_app.config["SECRET_KEY"],
@@ -267,7 +269,7 @@ def park(conversation_id: str):
 @bp.post("/c/<conversation_id>/touch")
 def touch(conversation_id: str):
     """The user is here: slide the session (and end any parking). Keep chatting posts here."""
-    conversation = _owned_conversation(conversation_id)
+    conversation = owned_conversation(conversation_id)
     left = lifecycle.touch(get_redis(), conversation, config.current().lifetimes)
     if request.accept_mimetypes.best == "application/json":
         return {"seconds_left": left}
@@ -277,7 +279,7 @@ def touch(conversation_id: str):
 @bp.post("/c/<conversation_id>/delete")
 def delete(conversation_id: str):
     """Delete a conversation now, after asking once."""
-    conversation = _owned_conversation(conversation_id)
+    conversation = owned_conversation(conversation_id)
     if request.form.get("confirm") != "yes":
         return render_template("chat/delete.html", conversation=conversation)
     deletion.delete_conversation(get_redis(), conversation.id, conversation.owner)
@@ -288,7 +290,7 @@ def delete(conversation_id: str):
 def events(conversation_id: str, run_id: str):
     """Server-Sent Events: the run's chunks after Last-Event-ID (or ?after=), live, then
     an ``end`` event with the status."""
-    conversation = _owned_conversation(conversation_id)
+    conversation = owned_conversation(conversation_id)
     after = request.headers.get("Last-Event-ID") or request.args.get("after", "0-0")
     if not EVENT_ID.match(after):
         abort(400)
