@@ -48,6 +48,10 @@ function watchRun() {
   });
   source.addEventListener("end", () => {
     source.close();
+    const announcer = document.getElementById("announcer");
+    if (announcer && run.dataset.kind !== "catch_up") {
+      announcer.textContent = `The reply is done: ${text.textContent}`;
+    }
     // A catch-up changes the whole page (the banner gives way to the message box).
     if (run.dataset.kind === "catch_up") location.reload();
     else refreshConversation();
