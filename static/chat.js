@@ -323,3 +323,11 @@ function addCopyButtons(root = document) {
 }
 
 addCopyButtons();
+
+// The list of conversations opens itself on a wide screen; on a phone it stays a drawer.
+function openSidebar() {
+  const sidebar = document.getElementById("sidebar");
+  if (sidebar && matchMedia("(min-width: 60rem)").matches) sidebar.open = true;
+}
+
+openSidebar();

@@ -149,7 +149,6 @@ def test_start_page_lists_this_browsers_conversations(chat, client):
     chat.start_conversation("Plan a trip to Lisbon in spring")
     page = client.get("/").text
     assert "Plan a trip to Lisbon in spring" in page
-    assert "2 messages" in page
 
 
 def test_a_conversation_gone_from_redis_is_a_404_not_an_error(chat, client, real_redis):

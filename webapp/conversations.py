@@ -87,6 +87,8 @@ class Conversation:
     message_count: int
     created_at: float
     updated_at: float
+    seen_run: str | None = None
+    """The latest run its owner has seen ended (the page showed it so)."""
 
 
 def new_id() -> str:
@@ -211,7 +213,23 @@ def _conversation(conversation_id: str, meta: dict) -> Conversation:
         message_count=int(meta.get("message_count", 0)),
         created_at=float(meta["created_at"]),
         updated_at=float(meta["updated_at"]),
+        seen_run=meta.get("seen_run"),
     )
+
+
+def mark_seen(r: redis.Redis, conversation_id: str, run_id: str) -> None:
+    """The owner has seen run ``run_id`` ended: its reply is no longer news in the list."""
+    UPDATE_IF_EXISTS.run(r, [keys.conversation_meta(conversation_id)], ["seen_run", run_id])
+
+
+def rename(r: redis.Redis, conversation_id: str, title: str) -> str:
+    """Give the conversation a title of its owner's choosing (shortened to one line); the
+    title kept. MessageRejected for a title with no text."""
+    title = make_title(title)
+    if not title:
+        raise MessageRejected("Type a name for the conversation.")
+    UPDATE_IF_EXISTS.run(r, [keys.conversation_meta(conversation_id)], ["title", title])
+    return title
 
 
 def read_messages(r: redis.Redis, conversation_id: str, start: int = 0, stop: int = -1):

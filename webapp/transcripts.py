@@ -50,6 +50,8 @@ def read_page(
     first_index, messages = conversations.read_page(r, conversation, page_size, before)
     run_text, run_event_id = runs.run_text(r, run) if run and run.running else ("", "0-0")
     is_latest_page = before is None or before >= conversation.message_count
+    if is_latest_page and run and not run.running and conversation.seen_run != run.id:
+        conversations.mark_seen(r, conversation.id, run.id)  # once a reply: the list's news
     session = lifecycle.read_session(r, conversation.id)
     if (
         session is None

@@ -30,6 +30,8 @@ from webapp.quotas import QuotaReached
 from webapp.rendering import iso_time
 from webapp.replies import Replies, UnknownRun
 from webapp.runs import RunInProgress, SessionExpired, follow
+from webapp.security import same_site_path
+from webapp.sidebar import read_sidebar
 from webapp.storage import WATCH_BLOCK_MS, get_blocking_redis, get_redis
 from webapp.views.identity import client_address, current_owner, login_ran_out
 from webapp.watchers import TooManyStreams
@@ -208,6 +210,18 @@ def save_draft(conversation_id: str):
     return "", 204
 
 
+@bp.post("/c/<conversation_id>/rename")
+def rename(conversation_id: str):
+    """Give the conversation a name of its owner's choosing (from the list beside pages)."""
+    conversation = owned_conversation(conversation_id)
+    try:
+        conversations.rename(get_redis(), conversation.id, request.form.get("title", ""))
+    except MessageRejected as error:
+        return _render_conversation(conversation, error=str(error)), 400
+    back = request.form.get("next") or url_for("chat.conversation", conversation_id=conversation.id)
+    return redirect(same_site_path(back))
+
+
 @bp.post("/c/<conversation_id>/fork")
 def fork(conversation_id: str):
     """A new conversation with the transcript up to the chosen message."""
@@ -335,7 +349,7 @@ def events(conversation_id: str, run_id: str):
 def _render_index(error: str | None = None, draft: str = ""):
     return render_template(
         "chat/index.html",
-        conversations=conversations.list_conversations(get_redis(), current_owner()),
+        sidebar=read_sidebar(get_redis(), current_owner()),
         new_message_id=conversations.new_id(),
         error=error,
         draft=draft,
@@ -360,6 +374,7 @@ def _render_conversation(
     return render_template(
         "chat/conversation.html",
         **{**vars(page), "draft": draft or page.draft},
+        sidebar=read_sidebar(get_redis(), conversation.owner),
         new_message_id=conversations.new_id(),
         error=error,
         issued_code=issued_code,
