@@ -53,8 +53,12 @@ def test_a_reply_being_written_then_finished_while_away_is_marked(
     assert entries(chat.client, f"/c/{other}")["Answer me while I'm away"][0] == []
 
 
-def test_rename_from_the_list(chat, client):
+def test_rename_from_the_list(app, chat, client, chat_factory):
     conversation_id = chat.start_conversation("A name to change")
+    asked = unescape(client.get(f"/c/{conversation_id}/rename?next=//evil.example").text)
+    assert "Rename or delete “A name to change”" in asked
+    assert 'name="next" value="/"' in asked  # only a path on this site
+    assert chat_factory(app).client.get(f"/c/{conversation_id}/rename").status_code == 404
     csrf = CSRF_FIELD.search(client.get("/").text)[1]
     renamed = client.post(
         f"/c/{conversation_id}/rename",

@@ -210,10 +210,14 @@ def save_draft(conversation_id: str):
     return "", 204
 
 
-@bp.post("/c/<conversation_id>/rename")
+@bp.route("/c/<conversation_id>/rename", methods=["GET", "POST"])
 def rename(conversation_id: str):
-    """Give the conversation a name of its owner's choosing (from the list beside pages)."""
+    """Rename or delete a conversation, from the list beside the pages (its ⋯): the page
+    that asks, then the new name given."""
     conversation = owned_conversation(conversation_id)
+    if request.method == "GET":
+        back = same_site_path(request.args.get("next", ""))
+        return render_template("chat/rename.html", conversation=conversation, next=back)
     try:
         conversations.rename(get_redis(), conversation.id, request.form.get("title", ""))
     except MessageRejected as error:
