@@ -71,7 +71,7 @@ def test_first_chat(app_server, page, screenshot):
     page.goto(f"{app_server.url}/")
     listed = page.locator(".conversations li")
     expect(listed).to_have_count(1)
-    expect(listed.get_by_role("link", name=QUESTION)).to_have_attribute(
+    expect(listed.get_by_role("link", name=QUESTION, exact=True)).to_have_attribute(
         "href", conversation_url.removeprefix(app_server.url)
     )
 
