@@ -111,6 +111,18 @@ def queue_owner_index(
     pipe.expire(index, ttl, gt=True)
 
 
+def outside_text_problem(content: str, max_chars: int) -> str | None:
+    """Why ``content``, text that came from outside (a browser's copy, an imported file),
+    can't be a message; None if it can."""
+    if not content.strip() or len(content) > max_chars:
+        return "a message is empty or too long"
+    try:
+        content.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800"): no text at all
+        return "a message is not text"
+    return None
+
+
 def make_title(text: str) -> str:
     """The first user message, on one line and shortened."""
     line = " ".join(text.split())

@@ -105,12 +105,8 @@ def _imported_message(item) -> Message:
     role, content, status = item["role"], item["content"], item.get("status")
     if role not in ROLES or not isinstance(content, str) or status not in STATUSES[role]:
         raise ImportRejected("roles are user, assistant or note; contents are text")
-    if not content.strip() or len(content) > MAX_MESSAGE_CHARS:
-        raise ImportRejected("a message is empty or too long")
-    try:
-        content.encode()
-    except UnicodeEncodeError as error:  # a lone surrogate ("\ud800"): no text at all
-        raise ImportRejected("a message is not text") from error
+    if problem := conversations.outside_text_problem(content, MAX_MESSAGE_CHARS):
+        raise ImportRejected(problem)
     tokens = [item.get(name) for name in ("tokens", "replaced_tokens")]
     if any(value is not None and (type(value) is not int or value < 0) for value in tokens):
         raise ImportRejected("token counts are whole numbers")

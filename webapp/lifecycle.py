@@ -24,6 +24,7 @@ from webapp.conversations import (
     append_message_and_touch,
     create_conversation,
     new_id,
+    outside_text_problem,
     queue_owner_index,
     read_messages,
 )
@@ -331,12 +332,8 @@ def parse_browser_copy(raw: str, max_message_chars: int) -> list[Message]:
         role, content = item["role"], item["content"]
         if role not in ("user", "assistant") or not isinstance(content, str):
             raise CopyRejected("roles are user or assistant; contents are text")
-        if not content.strip() or len(content) > max_message_chars:
-            raise CopyRejected("a message is empty or too long")
-        try:
-            content.encode()
-        except UnicodeEncodeError as error:  # a lone surrogate ("\ud800"): no text at all
-            raise CopyRejected("a message is not text") from error
+        if problem := outside_text_problem(content, max_message_chars):
+            raise CopyRejected(problem)
         messages.append(Message(new_id(), role, content, time.time()))
     if sum(len(m.content) for m in messages) > COPY_MAX_CHARS:
         raise CopyRejected("the copy is too large")
