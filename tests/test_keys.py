@@ -15,6 +15,7 @@ def test_conversation_keys_share_one_hash_tag():
         "rc:conv:{abc}:runs",
     )
     assert keys.run_events("abc", "r1") == "rc:conv:{abc}:run:r1:events"
+    assert keys.conversation_search("abc") == "rc:conv:{abc}:search"
 
 
 def test_owner_index_key_and_its_scan_pattern():

@@ -56,6 +56,8 @@ DEFAULTS = {
     "GUEST_NEW_CONVERSATIONS_PER_ADDRESS_PER_MINUTE": 30,
     # Resume codes one person may be given per hour.
     "RESUME_CODES_PER_HOUR": 30,
+    # Searches of their own conversations one person may make per minute.
+    "SEARCHES_PER_MINUTE": 30,
     # The longest message a user may send, in characters.
     "MAX_MESSAGE_CHARS": 16_000,
     # The largest request body, in bytes. Unset: sized so that the longest message, or the
@@ -222,6 +224,7 @@ def settings_of(config: dict) -> Settings:
                 ),
             ),
             resume_codes=(rate_limits.per_hour(int(config["RESUME_CODES_PER_HOUR"])),),
+            searches=(rate_limits.per_minute(int(config["SEARCHES_PER_MINUTE"])),),
         ),
     )
 

@@ -84,6 +84,7 @@ def _delete_batch(
                 [
                     *keys.conversation_keys(conversation_id),
                     *(keys.run_events(conversation_id, run_id) for run_id in run_ids),
+                    keys.conversation_search(conversation_id),
                 ],
                 [only_owner, EXPIRED if only_expired else "", *run_ids],
             )

@@ -23,6 +23,7 @@ from webapp.storage.scripts import RESERVE_CONVERSATION, RESERVE_SLOT, execute_p
 MODEL_CALLS = "model-calls"
 NEW_CONVERSATIONS = "new-conversations"
 RESUME_CODES = "resume-codes"
+SEARCHES = "searches"
 """The scopes of the quotas' windows, in their keys."""
 
 MODEL_CALLS_TEXT = (
@@ -33,6 +34,7 @@ NEW_CONVERSATIONS_TEXT = (
     "You're starting new conversations faster than allowed. Wait a minute, then try again: "
     "your text is still here."
 )
+SEARCHES_TEXT = "You're searching faster than allowed. Wait a minute, then search again."
 RESUME_CODES_TEXT = (
     "You've asked for more resume codes this hour than allowed. Keep chatting here, or try "
     "again in an hour."
@@ -62,6 +64,8 @@ class Limits:
     guest_new_conversations_per_address: tuple[Window, ...]
     resume_codes: tuple[Window, ...]
     """Per owner: resume codes issued."""
+    searches: tuple[Window, ...]
+    """Per owner: searches of their conversations (each reads all of them)."""
 
     def live_conversations(self, owner: str) -> int:
         if owners.is_guest(owner):
@@ -151,6 +155,14 @@ def take_resume_code(r: redis.Redis, limits: Limits, owner: str) -> Slot:
     slot = rate_limits.reserve_slot(r, limits.resume_codes, RESUME_CODES, owner)
     if slot is None:
         raise QuotaReached(RESUME_CODES_TEXT, rate_limits.HOUR)
+    return slot
+
+
+def take_search(r: redis.Redis, limits: Limits, owner: str) -> Slot:
+    """One of ``owner``'s search slots. Raises QuotaReached."""
+    slot = rate_limits.reserve_slot(r, limits.searches, SEARCHES, owner)
+    if slot is None:
+        raise QuotaReached(SEARCHES_TEXT, rate_limits.MINUTE)
     return slot
 
 

@@ -33,11 +33,15 @@ def _answers(url: str) -> bool:
 
 
 class EmbeddedRedis:
-    """A Valkey server process bound to 127.0.0.1, with AOF under ``data_dir``."""
+    """A Valkey server process bound to 127.0.0.1, with AOF under ``data_dir``, loading the
+    server modules at ``modules`` (paths)."""
 
-    def __init__(self, data_dir: str | os.PathLike, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: str | os.PathLike, port: int | None = None, modules: tuple[str, ...] = ()
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
+        self.modules = modules
         self.process: subprocess.Popen | None = None
 
     @property
@@ -62,6 +66,7 @@ class EmbeddedRedis:
                 "--dir", str(self.data_dir.resolve()), "--logfile", "server.log",
                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
                 "--maxmemory-policy", "noeviction", "--daemonize", "no",
+                *(argument for module in self.modules for argument in ("--loadmodule", module)),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -73,6 +73,17 @@ def conversation_keys(conversation_id: str) -> tuple[str, ...]:
     )
 
 
+SEARCH_SUFFIX = ":search"
+
+
+def conversation_search(conversation_id: str) -> str:
+    """Hash: owner, title, body (every message's text), updated_at and version of the
+    conversation as last indexed, for a search module's index (written only where the
+    server has one, see ``search``). TTL: the conversation's, as read when it was written;
+    deleted with the conversation."""
+    return f"{PREFIX}:conv:{{{conversation_id}}}{SEARCH_SUFFIX}"
+
+
 def run_events(conversation_id: str, run_id: str) -> str:
     """Stream of one run's chunks ({t: text}) and its end ({status: ...}), capped in length.
     TTL: transcript retention while running, a short grace period after it ends."""

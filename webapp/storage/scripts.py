@@ -495,7 +495,8 @@ DELETE_CONVERSATION = AtomicScript(
 -- Deletes one conversation at once, every key of it and the events of its runs, only if it
 -- is still what was chosen for deletion: owned by ARGV[1] (any owner if ""), and, if
 -- ARGV[2] is "expired", without a live session (a user who came back meanwhile keeps it).
--- KEYS[1..8] the conversation, KEYS[9..] the events streams of the runs ARGV[3..] name
+-- KEYS[1..8] the conversation, KEYS[9..] the events streams of the runs ARGV[3..] name, and
+-- its search document
 -- ARGV[1] owner (""), ARGV[2] "expired" or "", ARGV[3..] the ids of its runs, as read (its
 -- runs index, and its latest run: extra ids only add DELs of keys that are gone)
 -- Returns {"deleted", keys deleted, code hash...} with the hashes of the resume codes
