@@ -1,4 +1,4 @@
-"""`python -m bench`: start an embedded server, measure P1 to P8 and P10, print the table."""
+"""`python -m bench`: start an embedded server, measure P1 to P10, print the table."""
 
 import os
 import platform
@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import caching, load, measurements, page, redemption, ttft, watchers
+from bench import caching, load, measurements, page, redemption, search, ttft, watchers
 from bench.report import Row, duration, ratio, render
 from webapp.conversations import DEDUPE_WINDOW
 from webapp.storage import connect
@@ -331,6 +331,8 @@ def main() -> None:
             append_cost = measurements.append_cost(r)
             memory = measurements.memory_per_message(r)
             trips = measurements.round_trips_per_append(r, url)
+            searching = search.searching(r, Path(data_dir) / "p9")
+            r.flushdb()  # the rows after start from an empty server, as they always have
             r.close()
             first = ttft.first_token(url, Path(data_dir) / "app")
             pages = page.conversation_page(url, Path(data_dir) / "page")
@@ -353,6 +355,7 @@ def main() -> None:
                 p6_row(trips),
                 *p7_rows(pages.weight),
                 watchers.p8_row(watching),
+                *search.p9_rows(searching),
                 p10_row(cache_use),
             ]
         )
@@ -367,6 +370,7 @@ def main() -> None:
         *p6_notes(trips),
         *p7_notes(pages.weight, pages.html_parts),
         watchers.p8_note(watching),
+        search.p9_note(searching),
         p10_note(cache_use),
     ]:
         print(note)

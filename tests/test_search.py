@@ -209,3 +209,12 @@ def test_the_page_uses_a_servers_search_module(make_app, search_redis, search_re
     conversation_id = Chat(client).start_conversation("pangolins at dusk")
     assert "<mark>pangolins</mark>" in client.get("/search?q=pango").text
     assert search_redis.hget(keys.conversation_search(conversation_id), "body")
+
+
+def test_words_after_a_new_line_and_beyond_ascii_are_found_whatever_their_case(engine, lifetimes):
+    r, _ = engine
+    conversation_id = add(r, lifetimes, OWNER, "Packing list:\n\tumbrella\nand a map of MÜNCHEN")
+    for query in ("umbrella", "münchen", "MAP", "Münch"):
+        found = find(engine, query)
+        assert [result.conversation_id for result in found.results] == [conversation_id], query
+    assert marked(find(engine, "münchen").results[0].hits[0].snippet) == ["MÜNCHEN"]

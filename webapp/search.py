@@ -9,11 +9,12 @@ server has a search module (``FT.*``) and is not a cluster, an index of one docu
 conversation (its owner, title and text, under the conversation's own hash tag) narrows
 them down; it is brought up to date at each search, only for the conversations that
 changed since they were indexed, and each document expires with its conversation. Anywhere
-else, every message of the owner's conversations is read in one pipeline and looked at.
+else, every conversation of the owner's is looked at. Either way the server looks at the
+candidates' messages (a script per conversation, in one pipeline) and sends back only those
+that may match, which are then matched here.
 """
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
@@ -23,6 +24,7 @@ from redis.commands.search.query import Query
 
 from webapp.conversations import Message
 from webapp.storage import keys
+from webapp.storage.scripts import FIND_MESSAGES, INDEX_FOR_SEARCH, execute_pipeline
 
 MAX_QUERY_CHARS = 200
 MAX_WORDS = 8
@@ -129,20 +131,68 @@ class _Conversation:
     id: str
     title: str
     updated_at: float
-    messages: list[str]
-    """As stored: JSON, oldest first."""
+    message_count: int
+    found: list[tuple[int, str]]
+    """The messages the server found may match, newest first: (index, JSON as stored)."""
 
 
-def _results(conversations: Iterable[_Conversation], words: list[str], page_size: int) -> Found:
+LOOKED_AT = 10
+"""The most messages of one conversation the server answers with, newest first: more than
+HITS_PER_CONVERSATION, as some may not match after all (see ``_server_terms``)."""
+
+
+def _server_terms(words: list[str]) -> list[str]:
+    """What FIND_MESSAGES looks for, pairs of (part, how): a message that matches ``words``
+    has all of them, and few others do. The server lower-cases ASCII letters only, so a
+    word of ASCII must begin a word there (or be one, for a word of one letter), and of any
+    other word only its ASCII parts must appear."""
+    terms = []
+    for word in words:
+        ascii_parts = re.findall(r"[a-z0-9_]+", word)
+        if ascii_parts == [word]:
+            terms += [word, "whole" if len(word) == 1 else "start"]
+        else:
+            terms += [item for part in ascii_parts for item in (part, "anywhere")]
+    return terms
+
+
+def _find(r: redis.Redis, owner: str, ids: list[str], words: list[str]) -> list[_Conversation]:
+    """The conversations among ``ids`` that are the owner's, each with the messages that may
+    match, in one pipeline: the server looks (FIND_MESSAGES), one script per conversation."""
+    terms = _server_terms(words)
+
+    def queue(pipe):
+        for conversation_id in ids:
+            FIND_MESSAGES.queue(
+                pipe,
+                [
+                    keys.conversation_meta(conversation_id),
+                    keys.conversation_messages(conversation_id),
+                ],
+                [owner, LOOKED_AT, *terms],
+            )
+
+    answers = execute_pipeline(r, queue) if ids else []
+    return [
+        _Conversation(
+            conversation_id,
+            title,
+            float(updated_at),
+            int(count),
+            list(zip(map(int, found[::2]), found[1::2], strict=True)),
+        )
+        for conversation_id, answer in zip(ids, answers, strict=True)
+        if answer
+        for title, updated_at, count, *found in [answer]
+    ]
+
+
+def _results(conversations: list[_Conversation], words: list[str], page_size: int) -> Found:
     """The conversations that match, newest activity first, each with its newest hits."""
     pattern, matched = _pattern(words), []
     for conversation in sorted(conversations, key=lambda c: c.updated_at, reverse=True):
         hits = []
-        for index in range(len(conversation.messages) - 1, -1, -1):
-            raw = conversation.messages[index]
-            lowered = raw.lower()
-            if not all(word in lowered for word in words):
-                continue  # cheap: the stored JSON holds the text as it is (no \u escapes)
+        for index, raw in conversation.found:
             message = Message.from_json(raw)
             if not _has_all(pattern, words, message.content):
                 continue
@@ -152,7 +202,7 @@ def _results(conversations: Iterable[_Conversation], words: list[str], page_size
                     role=message.role,
                     created_at=message.created_at,
                     snippet=_snippet(pattern, message.content),
-                    before=page_of(index, len(conversation.messages), page_size),
+                    before=page_of(index, conversation.message_count, page_size),
                 )
             )
             if len(hits) == HITS_PER_CONVERSATION:
@@ -171,38 +221,23 @@ def _results(conversations: Iterable[_Conversation], words: list[str], page_size
     return Found(matched[:CONVERSATIONS_SHOWN], len(matched) > CONVERSATIONS_SHOWN)
 
 
-def _read(r: redis.Redis, owner: str, ids: list[str]) -> list[_Conversation]:
-    """The conversations among ``ids`` that are the owner's, with all their messages, in one
-    pipeline."""
-    pipe = r.pipeline(transaction=False)
-    for conversation_id in ids:
-        pipe.hmget(keys.conversation_meta(conversation_id), "owner", "title", "updated_at")
-        pipe.lrange(keys.conversation_messages(conversation_id), 0, -1)
-    answers = pipe.execute() if ids else []
-    return [
-        _Conversation(conversation_id, title or "", float(updated_at), messages)
-        for conversation_id, (its_owner, title, updated_at), messages in zip(
-            ids, answers[::2], answers[1::2], strict=True
-        )
-        if its_owner == owner
-    ]
-
-
 def search(r: redis.Redis, owner: str, query: str, page_size: int, use_index: bool) -> Found:
     """What of the owner's conversations matches ``query`` (nothing for no words)."""
     words = words_of(query)
     if not words:
         return Found([], False)
     ids = r.zrange(keys.owner_conversations(owner), 0, -1)
-    if use_index:
+    # The module folds the case of ASCII letters only: a word beyond them is looked for in
+    # every conversation.
+    if use_index and all(word.isascii() for word in words):
         try:
             ids = _candidates(r, owner, ids, words)
         except redis.exceptions.ResponseError as error:
             if "no such index" not in str(error).lower():
                 raise
             has_search_module(r)  # lost (FLUSHALL, a new server): made again, filling in
-            # the background, so this one search reads every message
-    return _results(_read(r, owner, ids), words, page_size)
+            # the background, so this one search looks at every conversation
+    return _results(_find(r, owner, ids, words), words, page_size)
 
 
 # The search module's side.
@@ -238,31 +273,25 @@ def has_search_module(r: redis.Redis) -> bool:
     return True
 
 
-def _version(owner: str, title: str | None, updated_at: str, count: str | None) -> str:
-    return f"{owner}\n{updated_at}\n{count or 0}\n{title or ''}"
-
-
 def _candidates(r: redis.Redis, owner: str, ids: list[str], words: list[str]) -> list[str]:
     """The owner's conversations whose title and text together hold every word, by the
-    index, once the documents of the conversations that changed are written anew."""
-    pipe = r.pipeline(transaction=False)
-    for conversation_id in ids:
-        pipe.hmget(
-            keys.conversation_meta(conversation_id),
-            "owner", "title", "updated_at", "message_count",
-        )  # fmt: skip
-        pipe.pexpiretime(keys.conversation_meta(conversation_id))
-        pipe.hget(keys.conversation_search(conversation_id), "version")
-    answers = pipe.execute() if ids else []
-    stale = {}
-    for n, conversation_id in enumerate(ids):
-        (its_owner, title, updated_at, count), expires_at, indexed = answers[3 * n : 3 * n + 3]
-        if its_owner == owner and expires_at > 0:
-            version = _version(owner, title, updated_at, count)
-            if version != indexed:
-                stale[conversation_id] = (title, updated_at, expires_at, version)
-    if stale:
-        _index(r, owner, stale)
+    index, once the documents of the conversations that changed are written anew (one
+    INDEX_FOR_SEARCH each, in one pipeline)."""
+
+    def queue(pipe):
+        for conversation_id in ids:
+            INDEX_FOR_SEARCH.queue(
+                pipe,
+                [
+                    keys.conversation_meta(conversation_id),
+                    keys.conversation_messages(conversation_id),
+                    keys.conversation_search(conversation_id),
+                ],
+                [owner],
+            )
+
+    if ids:
+        execute_pipeline(r, queue)
     tag = re.sub(r"(\W)", r"\\\1", owner)
     terms = " ".join(word + ("*" if len(word) > 1 else "") for word in words)
     query = (
@@ -275,32 +304,3 @@ def _candidates(r: redis.Redis, owner: str, ids: list[str], words: list[str]) ->
     found = r.ft(INDEX).search(query)
     prefix = f"{keys.PREFIX}:conv:{{"
     return [doc.id[len(prefix) : doc.id.index("}")] for doc in found.docs]
-
-
-def _index(r: redis.Redis, owner: str, stale: dict[str, tuple]) -> None:
-    """Write the search documents of the ``stale`` conversations, each expiring when its
-    conversation does, as read (never later: the conversation's lifetime only grows, and
-    a document that expired first is written again by the next search)."""
-    pipe = r.pipeline(transaction=False)
-    for conversation_id in stale:
-        pipe.lrange(keys.conversation_messages(conversation_id), 0, -1)
-    bodies = pipe.execute()
-    pipe = r.pipeline(transaction=False)
-    for (conversation_id, (title, updated_at, expires_at, version)), messages in zip(
-        stale.items(), bodies, strict=True
-    ):
-        document = keys.conversation_search(conversation_id)
-        body = "\n".join(Message.from_json(raw).content for raw in messages)
-        pipe.delete(document)
-        pipe.hset(
-            document,
-            mapping={
-                "owner": owner,
-                "title": title or "",
-                "body": body,
-                "updated_at": updated_at,
-                "version": version,
-            },
-        )
-        pipe.pexpireat(document, expires_at)
-    pipe.execute()

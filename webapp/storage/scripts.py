@@ -664,6 +664,92 @@ return 0
 )
 
 
+FIND_MESSAGES = AtomicScript(
+    """
+-- Looks for messages of one conversation that may match a search, newest first, on the
+-- server, so that a search sends back those rather than every message.
+-- KEYS[1] the conversation's meta hash, KEYS[2] its messages
+-- ARGV[1] the owner it must have, ARGV[2] the most messages to answer with,
+-- ARGV[3..] pairs of a lower-case ASCII text and how the message's lower-cased text must
+-- hold it: "start" (at the start of a word), "whole" (as a whole word) or "anywhere"
+-- Returns false if the conversation is gone or another's; else {title, updated_at, count,
+-- index, message JSON, index, message JSON...} (0-based indexes).
+local function word_byte(byte)
+  return byte and (byte == 95 or (byte >= 48 and byte <= 57) or (byte >= 97 and byte <= 122)
+    or (byte >= 65 and byte <= 90))
+end
+
+-- Plain searches (fast in C), each occurrence's neighbours checked here.
+local function holds(text, part, how)
+  if how == 'anywhere' then return string.find(text, part, 1, true) ~= nil end
+  local from = 1
+  while true do
+    local first, last = string.find(text, part, from, true)
+    if not first then return false end
+    if not word_byte(string.byte(text, first - 1))
+       and (how == 'start' or not word_byte(string.byte(text, last + 1))) then
+      return true
+    end
+    from = first + 1
+  end
+end
+
+local meta = redis.call('HMGET', KEYS[1], 'owner', 'title', 'updated_at')
+if meta[1] ~= ARGV[1] then return false end
+local messages = redis.call('LRANGE', KEYS[2], 0, -1)
+local answer = {meta[2] or '', meta[3], #messages}
+local most = tonumber(ARGV[2])
+for i = #messages, 1, -1 do
+  -- First the stored JSON as it is (it holds every part, and more), then the text alone.
+  local raw, may = string.lower(messages[i]), true
+  for p = 3, #ARGV, 2 do
+    if not string.find(raw, ARGV[p], 1, true) then may = false break end
+  end
+  if may then
+    local text = string.lower(cjson.decode(messages[i]).content)
+    for p = 3, #ARGV, 2 do
+      if not holds(text, ARGV[p], ARGV[p + 1]) then may = false break end
+    end
+  end
+  if may then
+    answer[#answer + 1] = i - 1
+    answer[#answer + 1] = messages[i]
+    if (#answer - 3) / 2 >= most then break end
+  end
+end
+return answer
+"""
+)
+
+
+INDEX_FOR_SEARCH = AtomicScript(
+    """
+-- Brings one conversation's search document up to date, if it changed since it was
+-- written (its owner, last activity, message count or title): owner, title, the text of
+-- every message, last activity, and the version it was written for; it expires when the
+-- conversation does.
+-- KEYS[1] the conversation's meta hash, KEYS[2] its messages, KEYS[3] its search document
+-- ARGV[1] the owner it must have
+-- Returns 1 if the document was written, 0 if it was up to date or the conversation is
+-- gone or another's.
+local meta = redis.call('HMGET', KEYS[1], 'owner', 'title', 'updated_at', 'message_count')
+if meta[1] ~= ARGV[1] then return 0 end
+local title = meta[2] or ''
+local version = table.concat({meta[1], meta[3], meta[4] or '0', title}, '\\n')
+if redis.call('HGET', KEYS[3], 'version') == version then return 0 end
+local texts = {}
+for i, raw in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  texts[i] = cjson.decode(raw).content
+end
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], 'owner', meta[1], 'title', title, 'body', table.concat(texts, '\\n'),
+  'updated_at', meta[3], 'version', version)
+redis.call('PEXPIREAT', KEYS[3], redis.call('PEXPIRETIME', KEYS[1]))
+return 1
+"""
+)
+
+
 ALL_SCRIPTS = (
     APPEND_MESSAGE_AND_TOUCH,
     START_RUN,
@@ -684,6 +770,8 @@ ALL_SCRIPTS = (
     GIVE_BACK_SLOT,
     RESERVE_LOGIN_ATTEMPT,
     OPEN_WATCH,
+    FIND_MESSAGES,
+    INDEX_FOR_SEARCH,
 )
 
 
