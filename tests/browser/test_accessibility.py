@@ -1,6 +1,6 @@
 """Every page type passes axe-core (the engine axe-playwright-python ships) in Chromium with
 no serious or critical violation: the start page, a conversation in each state and with the
-idle dialog open, resume, login, register, import, the gone page and the admin console."""
+idle dialog open, resume, login, register, import, search, the gone page and the admin console."""
 
 import re
 
@@ -44,6 +44,9 @@ def test_every_page_type_passes_axe_core(serve, page, real_redis):
     page.goto(f"{app.url}/")
     send(page, "Is this page accessible?")
     found["conversation"] = problems(page)
+    page.goto(f"{app.url}/search?q=accessible")
+    found["search"] = problems(page)
+    page.go_back()
     page.get_by_role("button", name="Get a resume code").click()
     found["resume code"] = problems(page)
     end_session(real_redis, conversation_id(page))

@@ -52,6 +52,9 @@ def test_every_page_fits_a_phone(serve, new_context, real_redis, screenshot):
     page.goto(f"{app.url}/")
     send(page, LONG_QUESTION)
     check_fits(page, screenshot, "conversation")
+    page.goto(f"{app.url}/search?q=" + LONG_QUESTION.split()[0])
+    check_fits(page, screenshot, "search")
+    page.go_back()
     page.get_by_role("button", name="Get a resume code").click()
     check_fits(page, screenshot, "resume-code")
 
