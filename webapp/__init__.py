@@ -14,6 +14,7 @@ from webapp.views import admin as admin_views
 from webapp.views import auth, chat, errors, identity, ops, resume
 from webapp.views import exports as export_views
 from webapp.views import search as search_views
+from webapp.views import shares as share_views
 from webapp.watchers import Watchers
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -64,10 +65,18 @@ def create_app(test_config: dict | None = None, background: bool = True) -> Flas
     rendering.init_app(app)
     security.init_app(app)
     identity.init_app(app)
-    for blueprint in (chat.bp, export_views.bp, search_views.bp, resume.bp, auth.bp, ops.bp):
+    for blueprint in (
+        chat.bp,
+        export_views.bp,
+        search_views.bp,
+        share_views.bp,
+        resume.bp,
+        auth.bp,
+        ops.bp,
+        errors.bp,
+        admin_views.bp,
+    ):
         app.register_blueprint(blueprint)
-    app.register_blueprint(errors.bp)
-    app.register_blueprint(admin_views.bp)
     return app
 
 

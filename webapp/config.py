@@ -58,6 +58,10 @@ DEFAULTS = {
     "RESUME_CODES_PER_HOUR": 30,
     # Searches of their own conversations one person may make per minute.
     "SEARCHES_PER_MINUTE": 30,
+    # A share link (a read-only snapshot of a conversation) works this long...
+    "SHARE_LINK_SECONDS": 30 * 86400,
+    # ...and one person may keep this many at once.
+    "SHARE_LINKS_PER_OWNER": 100,
     # The longest message a user may send, in characters.
     "MAX_MESSAGE_CHARS": 16_000,
     # The largest request body, in bytes. Unset: sized so that the longest message, or the

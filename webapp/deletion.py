@@ -5,8 +5,8 @@ A conversation lists everything of its own that is not named by its id alone: th
 whose events may still exist, and the resume codes issued for it. So a deletion reads those
 lists, deletes the conversation's keys in one script that checks the lists are still what
 was read, then removes what lives under other hash tags (its codes, its entry in its
-owner's index and in the index of running runs). Functions take their Redis client as an
-argument and know nothing of HTTP.
+owner's index and in the index of running runs, and the share links made from it).
+Functions take their Redis client as an argument and know nothing of HTTP.
 """
 
 from collections.abc import Mapping
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import redis
 
+from webapp import shares
 from webapp.lifecycle import EXPIRED
 from webapp.storage import keys
 from webapp.storage.scripts import DELETE_CONVERSATION, execute_pipeline
@@ -111,5 +112,6 @@ def _delete_batch(
             pipe.zrem(keys.RUNS_RUNNING, *members)
     pipe.delete(keys.ADMIN_OVERVIEW)  # the counts changed
     codes_deleted = sum(pipe.execute()[: len(code_hashes)])
-    keys_deleted = sum(result[1] for result in done.values()) + codes_deleted
+    links_ended = shares.revoke_for_conversations(r, {cid: owners[cid] for cid in done})
+    keys_deleted = sum(result[1] for result in done.values()) + codes_deleted + links_ended
     return Deleted(sum(1 for result in done.values() if result[1]), keys_deleted), changed

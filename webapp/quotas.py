@@ -18,7 +18,7 @@ import redis
 from webapp import conversations, owners, rate_limits
 from webapp.rate_limits import Slot, Window
 from webapp.storage import keys
-from webapp.storage.scripts import RESERVE_CONVERSATION, RESERVE_SLOT, execute_pipeline
+from webapp.storage.scripts import RESERVE_INDEX_ENTRY, RESERVE_SLOT, execute_pipeline
 
 MODEL_CALLS = "model-calls"
 NEW_CONVERSATIONS = "new-conversations"
@@ -117,7 +117,7 @@ def new_conversation(
     most = limits.live_conversations(owner)
 
     def queue(pipe):
-        RESERVE_CONVERSATION.queue(
+        RESERVE_INDEX_ENTRY.queue(
             pipe,
             (index, *window_keys),
             [now_ms, now, retention, most, conversation_id, *window_args],

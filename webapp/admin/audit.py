@@ -1,12 +1,13 @@
 """The admin console's actions, each written to the audit log: clearing one conversation,
-all of an owner's, or all expired ones; signing a user out everywhere."""
+all of an owner's, or all expired ones; signing a user out everywhere; revoking a share
+link."""
 
 import time
 from dataclasses import dataclass
 
 import redis
 
-from webapp import accounts, deletion
+from webapp import accounts, deletion, shares
 from webapp.admin.listing import EXPIRED, describe_owner, walk_conversations
 from webapp.deletion import Deleted
 from webapp.storage import keys
@@ -133,4 +134,19 @@ def sign_out_everywhere(r: redis.Redis, user: accounts.User, admin: str) -> int:
         user.username,
         detail=f"{ended} live login{'' if ended == 1 else 's'} ended",
     )
+    return ended
+
+
+def revoke_share(r: redis.Redis, token: str, admin: str) -> shares.Share | None:
+    """End one share link at once; audited. The link ended, or None if it had already."""
+    ended = shares.revoke(r, token)
+    if ended is not None:
+        record(
+            r,
+            admin,
+            "revoke share link",
+            ended.conversation_id,
+            keys_deleted=1,
+            detail=f"owner {describe_owner(r, ended.owner)}, made {ended.created_at:.0f}",
+        )
     return ended

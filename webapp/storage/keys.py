@@ -133,6 +133,24 @@ def owner_watchers(owner: str) -> str:
     return f"{PREFIX}:owner:{{{owner}}}:watchers"
 
 
+def owner_shares(owner: str) -> str:
+    """Sorted set: the tokens of the owner's share links, scored by when each was made (s).
+    TTL: the share links' lifetime."""
+    return f"{PREFIX}:owner:{{{owner}}}:shares"
+
+
+def share(token: str) -> str:
+    """Hash: conversation_id, owner, title, created_at, expires_at, message_count, messages
+    (a JSON list of the messages as stored) of one share link, a snapshot named by its
+    token. TTL: the share links' lifetime."""
+    return f"{PREFIX}:share:{{{token}}}"
+
+
+SHARES = f"{PREFIX}:shares"
+"""Sorted set: every share link's token, scored by when it ends (s), for the admin console.
+No TTL: members past their end are removed as it is read."""
+
+
 def user_profile(user_id: str) -> str:
     """Hash: username, password_hash, is_admin, created_at. No TTL."""
     return f"{PREFIX}:user:{{{user_id}}}:profile"

@@ -576,23 +576,24 @@ return take_slots(1, 2, tonumber(ARGV[1]))
 """
 )
 
-RESERVE_CONVERSATION = AtomicScript(
+RESERVE_INDEX_ENTRY = AtomicScript(
     _SLOT_FUNCTIONS
     + """
--- Lists a conversation about to be created in its owner's index, unless the owner has as
--- many live conversations as allowed already or a window of its limit on new ones is full.
--- Taken before the conversation is written, so conversations created together can't all
--- pass one count. Nothing is written when refused.
--- KEYS[1] the owner's index (scored by last activity, s); KEYS[2..] the windows of its
--- limit on new conversations
+-- Lists something about to be created in its owner's index (a conversation, a share link),
+-- unless the owner has as many live ones as allowed already or a window of its limit on
+-- new ones is full. Taken before it is written, so ones created together can't all pass
+-- one count. Nothing is written when refused.
+-- KEYS[1] the owner's index (scored by last activity or creation, s); KEYS[2..] the
+-- windows of its limit on new ones (none: no such limit)
 -- ARGV[1] now in ms (for the windows); ARGV[2] now in s (for the index); ARGV[3] the
--- retention (s): an entry scored within it is live, and the index lives that long;
--- ARGV[4] the most live conversations; ARGV[5] the new conversation's id;
+-- lifetime (s): an entry scored within it is live, and the index lives that long;
+-- ARGV[4] the most live entries; ARGV[5] the new entry;
 -- ARGV[6 + 2m], ARGV[7 + 2m] the limit and length (ms) of the window KEYS[2 + m]
--- Returns when each window began (ms); 0 at the most live conversations; nil when a
--- window is full.
-local now, retention = tonumber(ARGV[2]), tonumber(ARGV[3])
-if redis.call('ZCOUNT', KEYS[1], '(' .. (now - retention), '+inf') >= tonumber(ARGV[4]) then
+-- Returns when each window began (ms); 0 at the most live entries; nil when a window is
+-- full.
+local now, lifetime = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - lifetime)  -- entries long dead
+if redis.call('ZCOUNT', KEYS[1], '(' .. (now - lifetime), '+inf') >= tonumber(ARGV[4]) then
   return 0
 end
 local began = take_slots(2, 6, tonumber(ARGV[1]))
@@ -600,8 +601,8 @@ if not began then
   return false
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[5])
-redis.call('EXPIRE', KEYS[1], retention, 'NX')
-redis.call('EXPIRE', KEYS[1], retention, 'GT')
+redis.call('EXPIRE', KEYS[1], lifetime, 'NX')
+redis.call('EXPIRE', KEYS[1], lifetime, 'GT')
 return began
 """
 )
@@ -766,7 +767,7 @@ ALL_SCRIPTS = (
     DELETE_CONVERSATION,
     CHANGE_OWNER,
     RESERVE_SLOT,
-    RESERVE_CONVERSATION,
+    RESERVE_INDEX_ENTRY,
     GIVE_BACK_SLOT,
     RESERVE_LOGIN_ATTEMPT,
     OPEN_WATCH,

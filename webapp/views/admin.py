@@ -1,5 +1,6 @@
-"""The admin console: every conversation, the overview, the audit log, and the actions
-(clear one, an owner's, all expired; sign a user out everywhere), each confirmed first.
+"""The admin console: every conversation, the overview, the audit log, every share link,
+and the actions (clear one, an owner's, all expired; sign a user out everywhere; revoke a
+share link), each confirmed first.
 
 Admins only: a visitor who is not logged in is sent to log in, anyone else gets 403. Every
 action asks for confirmation (a POST without confirm=yes shows a page that posts it again
@@ -19,12 +20,15 @@ from flask import (
 )
 from flask_login import current_user
 
-from webapp import accounts, admin, config, conversations, owners
+from webapp import accounts, admin, config, conversations, owners, shares
 from webapp.admin import audit, listing
 from webapp.deletion import Deleted
 from webapp.storage import get_redis
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+SHARE_LINKS_SHOWN = 200
+"""Share links the console lists: those that end last."""
 
 
 @bp.before_request
@@ -224,3 +228,28 @@ def sign_out_everywhere():
     ended = audit.sign_out_everywhere(r, user, current_user.username)
     logins = f"{ended} live login{'' if ended == 1 else 's'}"
     return _done(f"Signed {user.username} out everywhere: {logins} ended.")
+
+
+@bp.get("/shares")
+def share_links():
+    r = get_redis()
+    links = shares.newest(r, SHARE_LINKS_SHOWN)
+    names = {owner: listing.describe_owner(r, owner) for owner in {link.owner for link in links}}
+    return render_template("admin/shares.html", links=links, names=names, shown=SHARE_LINKS_SHOWN)
+
+
+@bp.post("/shares/revoke")
+def revoke_share():
+    token = request.form.get("token", "")
+    r = get_redis()
+    if not _confirmed():
+        return _confirm(
+            "Revoke this share link?",
+            "Whoever opens it from now on finds it gone. The conversation it was made from "
+            "is kept.",
+            "Yes, revoke it",
+        )
+    ended = audit.revoke_share(r, token, current_user.username)
+    if ended is None:
+        return _refused("Nothing to revoke", "That share link has ended already.", 404)
+    return _done(f"Revoked a share link to conversation {ended.conversation_id}.")
