@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.conftest import CSRF_FIELD, Chat
-from tests.test_admin import admin_client  # noqa: F401 (a fixture)
+from tests.test_admin import log_in, make_user
 from webapp import conversations, shares
 from webapp.storage import keys
 
@@ -143,8 +143,10 @@ def test_past_the_most_links_the_next_is_refused_and_writes_nothing(make_app, re
     assert sorted(real_redis.keys("rc:share*")) == before
 
 
-def test_admins_see_every_link_and_revoke_one_audited(shared, admin_client, app, real_redis):
+def test_admins_see_every_link_and_revoke_one_audited(shared, app, real_redis):
     conversation_id, token = shared
+    make_user(real_redis, "root", admin=True)
+    admin_client = log_in(app.test_client(), "root")
     listing = admin_client.get("/admin/shares").text
     assert conversation_id in listing and f"/s/{token}" in listing and "guest" in listing
     asked = post_form(admin_client, "/admin/shares", "/admin/shares/revoke", token=token)

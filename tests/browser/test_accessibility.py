@@ -1,6 +1,7 @@
 """Every page type passes axe-core (the engine axe-playwright-python ships) in Chromium with
 no serious or critical violation: the start page, a conversation in each state and with the
-idle dialog open, resume, login, register, import, search, the gone page and the admin console."""
+idle dialog open, resume, login, register, import, search, a share link and its owner's
+page, the gone page and the admin console."""
 
 import re
 
@@ -47,6 +48,13 @@ def test_every_page_type_passes_axe_core(serve, page, real_redis):
     page.goto(f"{app.url}/search?q=accessible")
     found["search"] = problems(page)
     page.go_back()
+    conversation_page = page.url
+    page.get_by_role("link", name="Share…").click()
+    page.get_by_role("button", name="Make a share link").click()
+    found["share links"] = problems(page)
+    page.goto(page.locator("ul.share-links input").first.input_value())
+    found["share link"] = problems(page)
+    page.goto(conversation_page)
     page.get_by_role("button", name="Get a resume code").click()
     found["resume code"] = problems(page)
     end_session(real_redis, conversation_id(page))

@@ -55,6 +55,13 @@ def test_every_page_fits_a_phone(serve, new_context, real_redis, screenshot):
     page.goto(f"{app.url}/search?q=" + LONG_QUESTION.split()[0])
     check_fits(page, screenshot, "search")
     page.go_back()
+    conversation_page = page.url
+    page.get_by_role("link", name="Share…").click()
+    page.get_by_role("button", name="Make a share link").click()
+    check_fits(page, screenshot, "share-links")
+    page.goto(page.locator("ul.share-links input").first.input_value())
+    check_fits(page, screenshot, "share-link")
+    page.goto(conversation_page)
     page.get_by_role("button", name="Get a resume code").click()
     check_fits(page, screenshot, "resume-code")
 
