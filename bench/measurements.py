@@ -9,8 +9,9 @@ import redis
 
 from bench.round_trips import recorded_writes
 from bench.workload import JsonBlobStore, realistic_messages
-from webapp import conversations
+from webapp import conversations, runs
 from webapp.conversations import Lifetimes, Message
+from webapp.runs import RunSettings
 from webapp.storage import connect, keys
 
 LIFETIMES = Lifetimes(session_idle=1800, session_max=86400, transcript_retention=604800)
@@ -204,3 +205,35 @@ def round_trips_per_append(r: redis.Redis, url: str) -> RoundTrips:
             if calls != before.get(name, 0) and name != "info"
         },
     )
+
+
+P6_SENDS = 200
+RUN_SETTINGS = RunSettings(
+    max_events=2000,
+    events_ttl_after_end=3600,
+    heartbeat_seconds=2,
+    stale_seconds=15,
+    context_budget_tokens=100_000,
+)
+
+
+def round_trips_per_send(r: redis.Redis) -> int:
+    """P6 for the send path: writes per message sent (``runs.start_run``: the message stored,
+    every TTL refreshed, it counted, its reply's run started), each run ended between sends
+    outside the count, as its writer would."""
+    conversation_id = conversations.create_conversation(r, OWNER, LIFETIMES)
+    messages = iter(realistic_messages(P6_SENDS + 1, seed=7))
+
+    def send() -> runs.Run:
+        return runs.start_run(
+            r, conversation_id, OWNER, LIFETIMES, RUN_SETTINGS, user_message=next(messages)
+        )
+
+    runs.finish_run(r, send(), runs.DONE, LIFETIMES, RUN_SETTINGS)  # scripts loaded
+    counted = 0
+    for _ in range(P6_SENDS):
+        with recorded_writes() as writes:
+            run = send()
+        counted += len(writes)
+        runs.finish_run(r, run, runs.DONE, LIFETIMES, RUN_SETTINGS)
+    return counted

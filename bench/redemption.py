@@ -47,7 +47,8 @@ WORKERS, THREADS = 2, 8
 SECRET_KEY = "bench-p5-secret-key"
 CODE_TTL_SECONDS = 3600
 LIFETIMES = Lifetimes(session_idle=1800, session_max=86400, transcript_retention=604800)
-GOAL_SECONDS = 0.010
+GOAL_RATIO = 2.0
+"""Redemption p99 over /healthz p99 at the same load."""
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 REDIRECT = 302
 
@@ -240,8 +241,8 @@ def p5_rows(result: Redemption) -> list[Row]:
             duration(app),
             duration(base),
             ratio(app / base),
-            "p99 ≤ 10 ms",
-            app <= GOAL_SECONDS,
+            f"≤ {GOAL_RATIO:g}",
+            app / base <= GOAL_RATIO,
         ),
         Row(
             "P5 baseline",

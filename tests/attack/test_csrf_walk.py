@@ -16,7 +16,7 @@ from html import unescape
 import pytest
 
 from tests.fake_anthropic import Hang, StreamError
-from webapp import accounts, runs
+from webapp import accounts, runs, shares
 from webapp.storage import keys
 
 PASSWORD = "correct horse battery"
@@ -153,10 +153,12 @@ def test_every_state_changing_request_without_a_csrf_token_gets_400_and_changes_
     assert wait_for_run(real_redis, running, ended=False, chunks=1).running
     conversation_ids = [parked, broken, expired, running]
     run_of = {cid: runs.latest_run(real_redis, cid).id for cid in conversation_ids}
+    share = shares.create(real_redis, owner_user.owner, parked, lifetime=3600, most=10)
     # Real values for the URL variables: a route with another variable fails the test below.
     url_values = {
         "conversation_id": conversation_ids,
         "run_id": None,  # each conversation's own latest run
+        "token": share,  # a live share link of the owner's
     }
     # What a form to any of them might carry: each field something that would act.
     form = {
@@ -171,15 +173,17 @@ def test_every_state_changing_request_without_a_csrf_token_gets_400_and_changes_
         "password": PASSWORD,
         "remember": "1",
         "next": "/",
+        "token": share,
     }
 
     def targets(rule) -> list[str]:
         unknown = rule.arguments - url_values.keys()
         assert not unknown, f"{rule.rule}: give the walk real values for {sorted(unknown)}"
-        if not rule.arguments:
-            return [rule.rule]
+        path = rule.rule.replace("<token>", share)
+        if "conversation_id" not in rule.arguments:
+            return [path]
         return [
-            rule.rule.replace("<conversation_id>", cid).replace("<run_id>", run_of[cid])
+            path.replace("<conversation_id>", cid).replace("<run_id>", run_of[cid])
             for cid in url_values["conversation_id"]
         ]
 
@@ -201,6 +205,8 @@ def test_every_state_changing_request_without_a_csrf_token_gets_400_and_changes_
     walked = {rule.endpoint for rule in rules}
     assert {"chat.stop", "chat.send", "resume.redeem", "auth.logout"} <= walked
     assert {"admin.clear_conversation", "auth.sign_out_everywhere"} <= walked
+    assert {"shares.share", "shares.revoke", "shares.continue_in_own_chat"} <= walked
+    assert {"admin.revoke_share"} <= walked
     assert '<span class="who">root</span>' in admin.get("/").text
     assert '<span class="who">ada</span>' in owner.get("/").text
     assert runs.latest_run(real_redis, running).running
