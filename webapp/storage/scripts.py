@@ -2,8 +2,9 @@
 
 Scripts run through EVALSHA directly (not redis-py's ``Script`` helper, which
 adds a SCRIPT EXISTS round trip to every pipeline); a NOSCRIPT answer, as after
-a server restart, loads every script (on every master of a cluster) and sends
-the commands so answered once more.
+a server restart or a failover (a replica is not sent the scripts), loads every
+script (on every master of a cluster) and sends the commands so answered once
+more.
 
 On Redis Cluster. Every script's keys share one hash tag (one conversation's, one
 code's, or one hash), so every script runs on a cluster and stays atomic there:
