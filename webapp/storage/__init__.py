@@ -11,7 +11,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import RedisCluster
 from redis.connection import parse_url
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 # A request fails over to the 503 page within about 1.2 s when Redis is unreachable or
 # hung: two attempts of at most 0.5 s each, with a short backoff between them. There is no
@@ -31,6 +31,11 @@ WATCH_BLOCK_MS = 5000
 PAGE_CONNECTIONS = 100
 """Connections of the request client for pages and everything else but streams and
 replies (redis-py's default pool size)."""
+
+
+REPLICA_WAIT_MS = 250
+"""How long a write that must reach a replica waits for one to confirm it (see
+replicas_to_confirm): within SOCKET_TIMEOUT_SECONDS, so that the answer is read in time."""
 
 
 def connect(
@@ -91,6 +96,13 @@ def _primary_of(
         **{key: credentials[key] for key in ("username", "password", "db") if key in credentials},
         **options,
     )
+
+
+def replicas_to_confirm(client: redis.Redis | RedisCluster) -> int:
+    """How many replicas must confirm a user's message before the app acknowledges it: one
+    for a primary that Sentinel watches, so that a failover, which promotes that replica,
+    keeps the message; none for a plain server or a cluster, to which no WAIT is sent."""
+    return 1 if isinstance(getattr(client, "connection_pool", None), SentinelConnectionPool) else 0
 
 
 def init_app(app: Flask) -> None:
