@@ -1,8 +1,12 @@
-"""Settings: defaults, the FLASK_ prefix, the vendor names, and the README lists them all."""
+"""Settings: defaults, the FLASK_ prefix, the vendor names, the README lists them all, and
+settings that contradict each other stop the start."""
 
 import json
 import re
 from pathlib import Path
+
+import pytest
+from redis.sentinel import SentinelConnectionPool
 
 from webapp import config, create_app
 
@@ -83,3 +87,49 @@ def test_without_a_secret_key_one_is_made_once_and_kept(monkeypatch, redis_serve
     assert len(first) == 64
     assert create_app().config["SECRET_KEY"] == first
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_sentinels_are_read_from_the_prefixed_environment(monkeypatch):
+    monkeypatch.setenv("FLASK_REDIS_SENTINELS", "10.0.0.1:26379, 10.0.0.2:26380")
+    monkeypatch.setenv("FLASK_REDIS_SENTINEL_MASTER", "chat")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    app = create_app({"SECRET_KEY": "x"}, background=False)
+    assert app.config["REDIS_SENTINELS"] == [("10.0.0.1", 26379), ("10.0.0.2", 26380)]
+    assert app.config["REDIS_URL"] is None  # no embedded server was started
+    for name in ("redis", "redis_blocking"):
+        pool = app.extensions[name].connection_pool
+        assert isinstance(pool, SentinelConnectionPool)
+        assert pool.service_name == "chat"
+
+
+@pytest.mark.parametrize(
+    ("settings", "refusal"),
+    [
+        ({"REDIS_CLUSTER": True}, "FLASK_REDIS_SENTINELS and FLASK_REDIS_CLUSTER"),
+        ({"REDIS_SENTINEL_MASTER": ""}, "FLASK_REDIS_SENTINEL_MASTER is empty"),
+        ({"REDIS_URL": "rediss://:secret@/0"}, "REDIS_URL gives only the password"),
+        ({"REDIS_URL": "unix:///run/redis.sock"}, "REDIS_URL gives only the password"),
+        ({"REDIS_SENTINELS": "10.0.0.1"}, "'10.0.0.1' is not host:port"),
+        ({"REDIS_SENTINELS": "10.0.0.1:26379,,10.0.0.2:26379"}, "'' is not host:port"),
+        ({"REDIS_SENTINELS": ":26379"}, "':26379' is not host:port"),
+        ({"REDIS_SENTINELS": "10.0.0.1:sentinel"}, "'10.0.0.1:sentinel' is not host:port"),
+        ({"REDIS_SENTINELS": "10.0.0.1:65536"}, "'10.0.0.1:65536' is not host:port"),
+    ],
+)
+def test_sentinel_settings_that_cannot_work_stop_the_start(settings, refusal):
+    with pytest.raises(config.SettingsError, match=re.escape(refusal)):
+        create_app({"SECRET_KEY": "x", "REDIS_SENTINELS": "10.0.0.1:26379", **settings})
+
+
+def test_with_sentinels_redis_url_gives_the_password_and_database(monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    app = create_app(
+        {
+            "SECRET_KEY": "x",
+            "REDIS_SENTINELS": "10.0.0.1:26379",
+            "REDIS_URL": "redis://:secret@/2",
+        },
+        background=False,
+    )
+    kwargs = app.extensions["redis"].connection_pool.connection_kwargs
+    assert (kwargs["password"], kwargs["db"]) == ("secret", 2)

@@ -31,7 +31,7 @@ def create_app(test_config: dict | None = None, background: bool = True) -> Flas
         instance_path=str(INSTANCE_PATH.resolve()),
     )
     config.load(app, test_config)
-    if not app.config["REDIS_URL"]:
+    if not app.config["REDIS_URL"] and not app.config["REDIS_SENTINELS"]:
         app.config["REDIS_URL"] = start_embedded_redis(app.instance_path)
     settings = app.extensions["settings"] = config.settings_of(app.config)
     storage.init_app(app)

@@ -75,7 +75,7 @@ def _when_worker_ready(worker) -> None:
 def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the app with a production WSGI server (gunicorn, threaded workers). Each process
     has STREAMS_PER_PROCESS threads more for the event streams (see watchers)."""
-    if not os.environ.get("REDIS_URL"):
+    if not os.environ.get("REDIS_URL") and not os.environ.get("FLASK_REDIS_SENTINELS"):
         # Started once here, before the workers fork, so that they all share it.
         os.environ["REDIS_URL"] = start_embedded_redis(str(INSTANCE_PATH))
         click.echo(f"Embedded Redis at {os.environ['REDIS_URL']}, data in {INSTANCE_PATH}/redis")

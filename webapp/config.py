@@ -1,11 +1,13 @@
 """Settings: defaults here, overridden by FLASK_-prefixed environment variables.
 
 The vendor settings keep their own names: REDIS_URL, ANTHROPIC_API_KEY,
-ANTHROPIC_BASE_URL. Every key of DEFAULTS is documented in the README.
+ANTHROPIC_BASE_URL. Every key of DEFAULTS is documented in the README. Settings that
+contradict each other stop the app at start-up with a SettingsError saying which.
 """
 
 import os
 import secrets
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +126,12 @@ DEFAULTS = {
     "METRICS_TOKEN": None,
     # REDIS_URL names one node of a Redis Cluster, whose client finds the other masters.
     "REDIS_CLUSTER": False,
+    # The sentinels that watch the primary, as "host:port,host:port,...": the app asks them
+    # where the primary is, and asks again after a failover. REDIS_URL then gives only the
+    # password and database number. Unset: REDIS_URL names the server.
+    "REDIS_SENTINELS": None,
+    # The name the sentinels monitor the primary under.
+    "REDIS_SENTINEL_MASTER": "mymaster",
     # Vendor settings, read without the FLASK_ prefix.
     "REDIS_URL": None,
     "ANTHROPIC_API_KEY": None,
@@ -149,8 +157,46 @@ def load(app: Flask, overrides: dict | None = None) -> None:
         app.config.update(overrides)
     if app.config["MAX_CONTENT_LENGTH"] is None:
         app.config["MAX_CONTENT_LENGTH"] = body_limit(int(app.config["MAX_MESSAGE_CHARS"]))
+    if app.config["REDIS_SENTINELS"]:
+        _check_sentinel_settings(app.config)
+        app.config["REDIS_SENTINELS"] = sentinel_addresses(app.config["REDIS_SENTINELS"])
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _instance_secret(Path(app.instance_path))
+
+
+class SettingsError(ValueError):
+    """Settings the app cannot start with; the message names them and says why."""
+
+
+def _check_sentinel_settings(config: dict) -> None:
+    """Refuse what contradicts finding the primary through sentinels."""
+    if config["REDIS_CLUSTER"]:
+        raise SettingsError(
+            "FLASK_REDIS_SENTINELS and FLASK_REDIS_CLUSTER exclude each other: sentinels "
+            "fail over one primary, a cluster's masters fail over by themselves"
+        )
+    if not config["REDIS_SENTINEL_MASTER"]:
+        raise SettingsError("FLASK_REDIS_SENTINEL_MASTER is empty: name the monitored primary")
+    url = config["REDIS_URL"]
+    if url and urllib.parse.urlsplit(url).scheme != "redis":
+        raise SettingsError(
+            "with FLASK_REDIS_SENTINELS, REDIS_URL gives only the password and database "
+            "number, as redis://[[user]:password@]/<db> (not TLS, not a socket)"
+        )
+
+
+def sentinel_addresses(setting: str) -> list[tuple[str, int]]:
+    """The (host, port) of each sentinel that FLASK_REDIS_SENTINELS lists."""
+    addresses = []
+    for item in str(setting).split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(
+                f"FLASK_REDIS_SENTINELS: {item.strip()!r} is not host:port "
+                "(list the sentinels as host:port,host:port,...)"
+            )
+        addresses.append((host, int(port)))
+    return addresses
 
 
 PERCENT_ENCODED_BYTES_PER_CHARACTER = 12

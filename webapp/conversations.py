@@ -179,9 +179,10 @@ def append_message_and_touch(
     lifetimes: Lifetimes,
     title: str | None = None,
 ) -> bool:
-    """Append ``message`` once and slide every TTL of the conversation, in one round trip.
-    The conversation's title, if it has none yet, becomes ``title`` (by default, the text
-    of a user's message).
+    """Append ``message`` once and slide every TTL of the conversation, in one round trip
+    (with Sentinel, once a replica has it too: see storage.replicas_to_confirm). The
+    conversation's title, if it has none yet, becomes ``title`` (by default, the text of a
+    user's message).
 
     Returns False when a message with the same id was already stored.
     """
@@ -207,7 +208,7 @@ def append_message_and_touch(
         )
         queue_owner_index(pipe, owner, conversation_id, lifetimes.transcript_retention)
 
-    (stored, _count), *_ = execute_pipeline(r, queue)
+    (stored, _count), *_ = execute_pipeline(r, queue, replicated=True)
     return bool(stored)
 
 

@@ -155,7 +155,8 @@ def start_run(
     kind: str = REPLY,
 ) -> Run | None:
     """Store ``user_message`` (if any) and start a run to reply, atomically, refreshing every
-    TTL of the conversation and its owner's index in the same round trip.
+    TTL of the conversation and its owner's index in the same round trip (with Sentinel,
+    once a replica has them too: see storage.replicas_to_confirm).
 
     ``replacing`` is the run whose reply this one continues (with ``prefix``, its text) or
     retries. A CATCH_UP run starts only once the session has ended. Returns the new run, or
@@ -191,7 +192,7 @@ def start_run(
         queue_owner_index(pipe, owner, conversation_id, lifetimes.transcript_retention)
 
     try:
-        started, *_ = execute_pipeline(r, queue)
+        started, *_ = execute_pipeline(r, queue, replicated=True)
     except (RunInProgress, SessionExpired, ConversationGone):
         r.zrem(keys.RUNS_RUNNING, member)
         raise

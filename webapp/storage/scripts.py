@@ -2,8 +2,9 @@
 
 Scripts run through EVALSHA directly (not redis-py's ``Script`` helper, which
 adds a SCRIPT EXISTS round trip to every pipeline); a NOSCRIPT answer, as after
-a server restart, loads every script (on every master of a cluster) and sends
-the commands so answered once more.
+a server restart or a failover (a replica is not sent the scripts), loads every
+script (on every master of a cluster) and sends the commands so answered once
+more.
 
 On Redis Cluster. Every script's keys share one hash tag (one conversation's, one
 code's, or one hash), so every script runs on a cluster and stays atomic there:
@@ -49,6 +50,8 @@ import re
 from collections.abc import Callable, Sequence
 
 import redis
+
+from webapp.storage import REPLICA_WAIT_MS, replicas_to_confirm
 
 CONVERSATION_GONE = "RC_GONE"
 """A script's refusal: the conversation's meta hash is missing."""
@@ -795,8 +798,18 @@ def _recording(pipe: redis.client.Pipeline) -> list[tuple[tuple, dict]]:
     return queued
 
 
+class NotReplicated(redis.exceptions.ConnectionError):
+    """No replica confirmed a write in time (see storage.replicas_to_confirm): the primary
+    has it, but a failover now could lose it, so it is not acknowledged. Answered as Redis
+    being unreachable; the same form sent again is stored once."""
+
+
 def execute_pipeline(
-    client: redis.Redis, queue: Callable[[redis.client.Pipeline], None], *, transaction=False
+    client: redis.Redis,
+    queue: Callable[[redis.client.Pipeline], None],
+    *,
+    transaction=False,
+    replicated=False,
 ) -> list:
     """Queue commands with ``queue`` and send them in one round trip; raises the first error
     (a script's refusal as its domain exception, see ``refusal``).
@@ -804,11 +817,16 @@ def execute_pipeline(
     Commands answered NOSCRIPT are sent again, alone, once every script is loaded. Only
     those: on a cluster one master may have lost its scripts (restarted, or a replica
     promoted) while the others ran theirs, and running those twice would apply them twice.
+
+    ``replicated`` (a user's message) ends each round trip with WAIT for the replicas the
+    client must hear from (see storage.replicas_to_confirm), and raises NotReplicated when
+    fewer confirmed in time. Not with ``transaction``: WAIT inside MULTI does not wait.
     """
+    replicas = replicas_to_confirm(client) if replicated else 0
     pipe = client.pipeline(transaction=transaction)
     queued = _recording(pipe)
     queue(pipe)
-    answers = pipe.execute(raise_on_error=False)
+    answers = _send(pipe, replicas)
     missing = [
         number
         for number, answer in enumerate(answers)
@@ -820,7 +838,7 @@ def execute_pipeline(
         for number in missing:
             args, options = queued[number]
             again.execute_command(*args, **options)
-        for number, answer in zip(missing, again.execute(raise_on_error=False), strict=True):
+        for number, answer in zip(missing, _send(again, replicas), strict=True):
             answers[number] = answer
     for answer in answers:
         if isinstance(answer, Exception):
@@ -828,4 +846,18 @@ def execute_pipeline(
             if domain_error is answer:
                 raise answer
             raise domain_error from answer
+    return answers
+
+
+def _send(pipe: redis.client.Pipeline, replicas: int) -> list:
+    """The answers of the commands queued on ``pipe``; with ``replicas``, sent followed by a
+    WAIT for that many to confirm them, which raises NotReplicated if fewer did."""
+    if not replicas:
+        return pipe.execute(raise_on_error=False)
+    pipe.wait(replicas, REPLICA_WAIT_MS)
+    *answers, confirmed = pipe.execute(raise_on_error=False)
+    if not isinstance(confirmed, int) or confirmed < replicas:
+        raise NotReplicated(
+            f"{confirmed} of {replicas} replicas confirmed within {REPLICA_WAIT_MS} ms"
+        )
     return answers
