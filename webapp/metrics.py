@@ -141,6 +141,13 @@ def count_messages_appended(r: redis.Redis, role: str, amount: int = 1) -> None:
         _count(r, {_field(MESSAGES_APPENDED, role): amount})
 
 
+def queue_messages_appended(pipe, role: str, amount: int = 1) -> None:
+    """Count messages stored in the round trip that stores them: queued on ``pipe``, ahead of
+    knowing they were (take the count back with ``count_messages_appended(r, role, -amount)``
+    when they were not: a repeat, a refusal)."""
+    pipe.hincrby(keys.METRICS_COUNTERS, _field(MESSAGES_APPENDED, role), amount)
+
+
 def count_model_call(r: redis.Redis, outcome: str, error_kind: str | None = None) -> None:
     """Count a reply the model wrote (``outcome`` done, failed, stopped), and its error kind."""
     increments = {_field(MODEL_CALLS, outcome): 1}

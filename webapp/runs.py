@@ -155,8 +155,9 @@ def start_run(
     kind: str = REPLY,
 ) -> Run | None:
     """Store ``user_message`` (if any) and start a run to reply, atomically, refreshing every
-    TTL of the conversation and its owner's index in the same round trip (with Sentinel,
-    once a replica has them too: see storage.replicas_to_confirm).
+    TTL of the conversation and its owner's index and counting the message in the same
+    round trip (with Sentinel, once a replica has them too: see
+    storage.replicas_to_confirm).
 
     ``replacing`` is the run whose reply this one continues (with ``prefix``, its text) or
     retries. A CATCH_UP run starts only once the session has ended. Returns the new run, or
@@ -190,16 +191,22 @@ def start_run(
         )
         pipe.zadd(keys.RUNS_RUNNING, {member: now})
         queue_owner_index(pipe, owner, conversation_id, lifetimes.transcript_retention)
+        if user_message:
+            metrics.queue_messages_appended(pipe, "user")
+
+    def take_back() -> None:
+        """Nothing started: the run is not running, and the message was not stored."""
+        r.zrem(keys.RUNS_RUNNING, member)
+        metrics.count_messages_appended(r, "user", -1 if user_message else 0)
 
     try:
         started, *_ = execute_pipeline(r, queue, replicated=True)
     except (RunInProgress, SessionExpired, ConversationGone):
-        r.zrem(keys.RUNS_RUNNING, member)
+        take_back()
         raise
     if not started:
-        r.zrem(keys.RUNS_RUNNING, member)
+        take_back()
         return None
-    metrics.count_messages_appended(r, "user", 1 if user_message else 0)
     return Run(
         conversation_id,
         run_id,
