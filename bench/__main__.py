@@ -179,19 +179,25 @@ def p3_note(memory: measurements.MemoryUse) -> str:
     )
 
 
+P4_GOAL = 3.0
+
+
 def p4_row(first: ttft.FirstToken) -> Row:
-    """P4: the app's time to first token against the SDK's own, on the same fake."""
+    """P4: the time to first token the app adds to the SDK's own, on the same fake, against
+    one bare Flask + Redis request in the same run."""
     app = statistics.median(sample.net for sample in first.app)
     sdk = statistics.median(sample.net for sample in first.sdk)
+    bare = statistics.median(first.bare)
     added = app - sdk
     return Row(
         "P4",
-        "time to first token, app (POST → SSE frame) vs SDK direct, same fake model",
-        duration(app),
-        duration(sdk),
+        "time to first token added by the app (POST → SSE frame, minus the SDK direct, same "
+        "fake model) vs one bare Flask + Redis request (GET /readyz)",
         f"{added * 1e3:+.2f} ms",
-        "≤ 5 ms added (median)",
-        added <= 0.005,
+        duration(bare),
+        ratio(added / bare),
+        f"≤ {P4_GOAL:g}",
+        added / bare <= P4_GOAL,
     )
 
 
@@ -218,7 +224,9 @@ def p4_notes(first: ttft.FirstToken) -> list[str]:
         "stream with after=0-0; the fake holds its first delta until the app's XREAD is "
         "blocked, as a real model's first token comes after the page has loaded. SDK: "
         f"messages.stream(), the first delta held {ttft.SDK_HOLD_SECONDS * 1e3:g} ms.",
-        f"P4 p90: app {p90(s.net for s in app)}, SDK {p90(s.net for s in sdk)}. Split: "
+        f"P4 medians: app {med(s.net for s in app)}, SDK {med(s.net for s in sdk)}, GET /readyz "
+        f"{med(first.bare)}; p90: app {p90(s.net for s in app)}, SDK {p90(s.net for s in sdk)}. "
+        "Split: "
         f"request to the fake, app {med(s.upstream for s in app)} (POST handled, START_RUN, "
         f"run thread, its SDK call) vs SDK {med(s.upstream for s in sdk)}; "
         f"first delta to the client, app {med(s.downstream for s in app)} vs SDK "

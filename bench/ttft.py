@@ -379,19 +379,29 @@ class FirstToken:
     sdk: list[SdkSample]
     sdk_unheld: list[float]
     unheld: list[UnheldSample]
+    bare: list[float]
+    """One bare Flask + Redis request each round: GET /readyz (a Redis PING), on the same
+    kept-alive connection and server."""
+
+
+def bare_request(browser: Browser) -> float:
+    """The time of one GET /readyz, the app's least request that asks Redis."""
+    started = time.perf_counter()
+    browser.get("/readyz")
+    return time.perf_counter() - started
 
 
 def first_token(redis_url: str, instance: Path) -> FirstToken:
     """P4: the app served on ``redis_url`` and the SDK direct, on one fake model, in
     interleaved rounds; the server and the fake are stopped on the way out."""
-    kept = FirstToken(app=[], sdk=[], sdk_unheld=[], unheld=[])
+    kept = FirstToken(app=[], sdk=[], sdk_unheld=[], unheld=[], bare=[])
     r = connect(redis_url, socket_timeout=HTTP_TIMEOUT_SECONDS + 1)
     client = None
     try:
         with TimedFake() as fake, served_app(redis_url, fake.url, instance) as address:
             fake.token_delay = 0.0
             client = anthropic.Anthropic(api_key="bench", base_url=fake.url, max_retries=0)
-            kinds = (kept.app, kept.sdk, kept.sdk_unheld, kept.unheld)
+            kinds = (kept.app, kept.sdk, kept.sdk_unheld, kept.unheld, kept.bare)
             for round_ in range(P4_WARM_UP + P4_SAMPLES):
                 # A new guest each round, as the app limits model calls per person and minute.
                 browser = Browser(address)
@@ -401,6 +411,7 @@ def first_token(redis_url: str, instance: Path) -> FirstToken:
                         sdk_sample(client, fake),
                         sdk_unheld(client),
                         unheld_sample(browser, fake),
+                        bare_request(browser),
                     )
                 finally:
                     browser.close()
