@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test chaos bench chromium wrk clean
+.PHONY: run test chaos bench bench-peers chromium wrk clean
 
 $(BIN)/python:
 	python3 -m venv $(VENV)
@@ -34,6 +34,13 @@ $(VENV)/.bench-installed: $(VENV)/.test-installed
 
 bench: $(VENV)/.bench-installed chromium wrk  ## Print the benchmark table, P1-P10
 	$(BIN)/python -m bench
+
+$(VENV)/.peers-installed: $(VENV)/.run-installed
+	$(BIN)/pip install -q -c constraints.txt -e '.[peers]'
+	touch $@
+
+bench-peers: $(VENV)/.peers-installed  ## Compare the store with LangChain's, LlamaIndex's and a blob
+	$(BIN)/python -m bench.peers
 
 # $(call debian_package,<command>,<package>,<what it is for>): apt-get installs <package>
 # when <command> is missing (as root; anyone else is told how).

@@ -1,41 +1,18 @@
 """`python -m bench`: start an embedded server, measure P1 to P10, print the table."""
 
-import os
-import platform
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 from bench import caching, load, measurements, page, redemption, search, ttft, watchers
-from bench.report import Row, duration, ratio, render
+from bench.report import Row, duration, machine, ratio, render, server_version
+from bench.server import embedded_server
 from webapp.conversations import DEDUPE_WINDOW
 from webapp.storage import connect
-from webapp.storage.embedded import EmbeddedRedis
-
-
-def _cpu_model() -> str:
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
-def _memory_gib() -> float:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
 def machine_facts(info: dict) -> str:
     """The machine, Python, the server and the load generator, for the header line."""
-    server = info.get("server_name", "redis")
-    version = info.get(f"{server}_version", info["redis_version"])
-    return (
-        f"{_cpu_model()}, nproc {os.cpu_count()}, {_memory_gib():.0f} GiB, "
-        f"{platform.system()} {platform.release()}; Python {platform.python_version()}; "
-        f"{server} {version} (redis_version {info['redis_version']}); "
-        f"load generator {load.wrk_version()}"
-    )
+    return f"{machine()}; {server_version(info)}; load generator {load.wrk_version()}"
 
 
 def p1_rows(result: measurements.AppendCostResult) -> list[Row]:
@@ -356,26 +333,21 @@ def p10_note(result: caching.Caching) -> str:
 def main() -> None:
     """Run every measurement on a fresh embedded server and print the table."""
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="resume-chat-bench-") as data_dir:
-        server = EmbeddedRedis(data_dir)
-        try:
-            url = server.start()
-            r = connect(url)
-            facts = machine_facts(r.info("server"))
-            append_cost = measurements.append_cost(r)
-            memory = measurements.memory_per_message(r)
-            trips = measurements.round_trips_per_append(r, url)
-            send_writes = measurements.round_trips_per_send(r)
-            searching = search.searching(r, Path(data_dir) / "p9")
-            r.flushdb()  # the rows after start from an empty server, as they always have
-            r.close()
-            first = ttft.first_token(url, Path(data_dir) / "app")
-            pages = page.conversation_page(url, Path(data_dir) / "page")
-            redeeming = redemption.redemption_latency(url, Path(data_dir) / "p5")
-            watching = watchers.watchers_cost(url, Path(data_dir) / "p8")
-            cache_use = caching.twentieth_turn()
-        finally:
-            server.stop()
+    with embedded_server("resume-chat-bench-") as (data_dir, url):
+        r = connect(url)
+        facts = machine_facts(r.info("server"))
+        append_cost = measurements.append_cost(r)
+        memory = measurements.memory_per_message(r)
+        trips = measurements.round_trips_per_append(r, url)
+        send_writes = measurements.round_trips_per_send(r)
+        searching = search.searching(r, data_dir / "p9")
+        r.flushdb()  # the rows after start from an empty server, as they always have
+        r.close()
+        first = ttft.first_token(url, data_dir / "app")
+        pages = page.conversation_page(url, data_dir / "page")
+        redeeming = redemption.redemption_latency(url, data_dir / "p5")
+        watching = watchers.watchers_cost(url, data_dir / "p8")
+        cache_use = caching.twentieth_turn()
     print(f"Resume Chat benchmark: {facts}")
     print("Ratios come from one run on a noisy shared machine; both sides of each ratio are")
     print("measured in that run on the same server.\n")

@@ -2,8 +2,9 @@
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -30,9 +31,10 @@ P6_APPENDS = 500
 
 @dataclass(frozen=True)
 class AppendTarget:
-    """Something to append to, and how to take the append back so its size stays fixed."""
+    """Something to append to, and how to take the append back so its size stays fixed;
+    ``append`` takes the store's own kind of message."""
 
-    append: Callable[[Message], object]
+    append: Callable[[Any], object]
     undo: Callable[[], object]
 
 
@@ -45,7 +47,7 @@ class AppendCosts:
     round_ratios: list[float]
 
 
-def _filled_conversation(r: redis.Redis, history: list[Message]) -> str:
+def filled_conversation(r: redis.Redis, history: list[Message]) -> str:
     """A new conversation holding ``history``, appended one message at a time."""
     conversation_id = conversations.create_conversation(r, OWNER, LIFETIMES)
     for message in history:
@@ -53,9 +55,8 @@ def _filled_conversation(r: redis.Redis, history: list[Message]) -> str:
     return conversation_id
 
 
-def _app_target(r: redis.Redis, history: list[Message]) -> AppendTarget:
-    """The app's store: a conversation with ``history``; undo pops the newest message."""
-    conversation_id = _filled_conversation(r, history)
+def app_target(r: redis.Redis, conversation_id: str) -> AppendTarget:
+    """The app's store: appends to the conversation; undo pops the newest message."""
     return AppendTarget(
         append=lambda m: conversations.append_message_and_touch(
             r, conversation_id, OWNER, m, LIFETIMES
@@ -64,12 +65,51 @@ def _app_target(r: redis.Redis, history: list[Message]) -> AppendTarget:
     )
 
 
-def _blob_target(r: redis.Redis, key: str, history: list[Message]) -> AppendTarget:
-    """The naive store holding ``history``; undo writes that history back."""
+def blob_target(store: JsonBlobStore) -> AppendTarget:
+    """The naive store; undo writes the history it holds now back."""
+    snapshot = store.r.get(store.key)
+    return AppendTarget(append=store.append, undo=lambda: store.r.set(store.key, snapshot))
+
+
+def blob_store(r: redis.Redis, key: str, history: list[Message]) -> JsonBlobStore:
+    """The naive store holding ``history``."""
     store = JsonBlobStore(r, key, LIFETIMES.transcript_retention)
     store.replace(history)
-    snapshot = r.get(key)
-    return AppendTarget(append=store.append, undo=lambda: r.set(key, snapshot))
+    return store
+
+
+def seconds(call: Callable, *args) -> float:
+    """How long ``call(*args)`` takes."""
+    started = time.perf_counter()
+    call(*args)
+    return time.perf_counter() - started
+
+
+def append_sampler(target: AppendTarget, messages: Iterator) -> Callable[[], float]:
+    """Times one append of the next of ``messages``, undoing it outside the timing."""
+
+    def sample() -> float:
+        elapsed = seconds(target.append, next(messages))
+        target.undo()
+        return elapsed
+
+    return sample
+
+
+def interleaved(
+    samplers: Sequence[Callable[[], float]], samples: Sequence[int], rounds: int = P1_ROUNDS
+) -> list[list[list[float]]]:
+    """Seconds of each sample, by round and by sampler. Within a round the samplers take
+    turns, one sample each, so a slow moment of the machine falls on all of them alike."""
+    timings = []
+    for _ in range(rounds):
+        by_sampler: list[list[float]] = [[] for _ in samplers]
+        for turn in range(max(samples)):
+            for sampler, count, taken in zip(samplers, samples, by_sampler, strict=True):
+                if turn < count:
+                    taken.append(sampler())
+        timings.append(by_sampler)
+    return timings
 
 
 def _append_costs(
@@ -77,18 +117,7 @@ def _append_costs(
 ) -> AppendCosts:
     """Time single appends to both targets, interleaved, undoing each one outside the timing."""
     fresh = iter(realistic_messages(P1_ROUNDS * sum(samples), seed))
-    rounds = []
-    for _ in range(P1_ROUNDS):
-        timings = ([], [])
-        for turn in range(max(samples)):
-            for target, count, seconds in zip((small, large), samples, timings, strict=True):
-                if turn < count:
-                    message = next(fresh)
-                    started = time.perf_counter()
-                    target.append(message)
-                    seconds.append(time.perf_counter() - started)
-                    target.undo()
-        rounds.append(timings)
+    rounds = interleaved([append_sampler(small, fresh), append_sampler(large, fresh)], samples)
     return AppendCosts(
         small=statistics.median(t for small_times, _ in rounds for t in small_times),
         large=statistics.median(t for _, large_times in rounds for t in large_times),
@@ -108,18 +137,20 @@ class AppendCostResult:
 def append_cost(r: redis.Redis) -> AppendCostResult:
     """P1: append cost at 10,000 vs 10 messages, for the app's store and the naive blob store."""
     history = realistic_messages(LARGE, seed=1)
-    app_large = _app_target(r, history)
-    app = _append_costs(_app_target(r, history[:SMALL]), app_large, P1_SAMPLES, seed=2)
-    app_past_window = _append_costs(
-        _app_target(r, history[:PAST_WINDOW]), app_large, P1_SAMPLES, seed=3
-    )
+
+    def app(messages: list[Message]) -> AppendTarget:
+        return app_target(r, filled_conversation(r, messages))
+
+    app_large = app(history)
+    app_costs = _append_costs(app(history[:SMALL]), app_large, P1_SAMPLES, seed=2)
+    app_past_window = _append_costs(app(history[:PAST_WINDOW]), app_large, P1_SAMPLES, seed=3)
     blob = _append_costs(
-        _blob_target(r, "bench:blob:small", history[:SMALL]),
-        _blob_target(r, "bench:blob:large", history),
+        blob_target(blob_store(r, "bench:blob:small", history[:SMALL])),
+        blob_target(blob_store(r, "bench:blob:large", history)),
         P1_BLOB_SAMPLES,
         seed=4,
     )
-    return AppendCostResult(app=app, blob=blob, app_past_window=app_past_window)
+    return AppendCostResult(app=app_costs, blob=blob, app_past_window=app_past_window)
 
 
 @dataclass(frozen=True)
@@ -138,7 +169,7 @@ class MemoryUse:
 def memory_per_message(r: redis.Redis) -> MemoryUse:
     """P3: MEMORY USAGE of one conversation of realistic messages, and of a plain JSON list."""
     history = realistic_messages(P3_MESSAGES, seed=5)
-    conversation_id = _filled_conversation(r, history)
+    conversation_id = filled_conversation(r, history)
     message_list = keys.conversation_messages(conversation_id)
     others = [key for key in keys.conversation_keys(conversation_id) if key != message_list]
     plain_key = "bench:plain-list"

@@ -61,6 +61,10 @@ class JsonBlobStore:
         """Store exactly ``messages`` as the history."""
         self.r.set(self.key, json.dumps([asdict(m) for m in messages]), ex=self.retention)
 
+    def newest(self, count: int) -> list[Message]:
+        """The newest ``count`` messages, oldest first: the whole history is read and decoded."""
+        return [Message(**fields) for fields in json.loads(self.r.get(self.key) or "[]")[-count:]]
+
     def append(self, message: Message) -> None:
         """GET, decode, append, encode, SET: two round trips and the whole history each time."""
         history = json.loads(self.r.get(self.key) or "[]")
