@@ -3,6 +3,7 @@
 Functions take their Redis client (and provider) as arguments and know nothing of HTTP.
 """
 
+import functools
 import json
 import re
 import secrets
@@ -76,7 +77,14 @@ class Message:
 
     @classmethod
     def from_json(cls, raw: str) -> "Message":
-        return cls(**json.loads(raw))
+        return _parsed(raw)
+
+
+# A message never changes once stored (a rewritten reply is stored as new JSON), and every
+# page view reads its 50 again: a worker keeps the messages it parsed last.
+@functools.lru_cache(maxsize=4096)
+def _parsed(raw: str) -> Message:
+    return Message(**json.loads(raw))
 
 
 @dataclass(frozen=True)

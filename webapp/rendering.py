@@ -6,12 +6,15 @@ from datetime import UTC, datetime
 
 import nh3
 from flask import Flask
+from jinja2.utils import htmlsafe_json_dumps
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
 from pygments.util import ClassNotFound
+
+from webapp.conversations import Message
 
 _FORMATTER = HtmlFormatter(nowrap=True)
 """Pygments' token classes (``k``, ``s``...) as spans; static/app.css colours them."""
@@ -82,9 +85,33 @@ def time_tag(timestamp: float, relative: bool = False) -> Markup:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _copy_item(role: str, content: str) -> str:
+    return htmlsafe_json_dumps({"role": role, "content": content})
+
+
+def browser_copy_json(messages: list[Message]) -> Markup:
+    """The messages as the browser keeps them (role and text), as JSON safe inside a
+    ``<script>`` element: each message's part made once per worker."""
+    return Markup("[" + ",".join(_copy_item(m.role, m.content) for m in messages) + "]")  # noqa: S704 (htmlsafe JSON)
+
+
 def init_app(app: Flask) -> None:
-    """Template filters for Markdown and times, and the model's name in every page."""
+    """Template filters for Markdown and times, the message HTML every transcript is made
+    of, and the model's name in every page."""
     app.add_template_filter(markdown_to_html, "markdown")
     app.add_template_filter(format_time, "time")
     app.add_template_filter(time_tag, "time_tag")
+    app.add_template_global(browser_copy_json, "browser_copy_json")
+    # Made at the first page, once every global the macros may use is registered (a module
+    # of its own: the one imports share stays made as it would be).
+    macros = functools.cache(lambda: app.jinja_env.get_template("_macros.html").make_module())
+
+    # The same message, at the same place, is the same HTML on every page view: a worker
+    # keeps what it rendered last, as for Markdown.
+    @functools.lru_cache(maxsize=4096)
+    def message_html(message: Message, index: int | None = None, forkable: bool = False) -> Markup:
+        return macros().message(message, index, forkable)
+
+    app.add_template_global(message_html, "message_html")
     app.context_processor(lambda: {"model_name": app.extensions["llm"].name})

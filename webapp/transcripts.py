@@ -28,8 +28,9 @@ class TranscriptPage:
     run_event_id: str
     """The id of its last chunk, for its watcher to carry on from."""
     draft: str
-    browser_copy: list[dict]
-    """The newest messages, for the browser to keep (see lifecycle.parse_browser_copy)."""
+    browser_copy: list[Message]
+    """The newest messages, for the browser to keep (their roles and texts: see
+    lifecycle.parse_browser_copy)."""
 
 
 def read_page(
@@ -59,7 +60,7 @@ def read_page(
         and lifecycle.note_return_after_expiry(r, conversation.id)
     ):
         metrics.count_resume_failure(r, metrics.SESSION_ENDED)
-    copy = [{"role": m.role, "content": m.content} for m in messages if m.role != lifecycle.NOTE]
+    copy = [m for m in messages if m.role != lifecycle.NOTE]
     return TranscriptPage(
         conversation=conversation,
         session=session,
