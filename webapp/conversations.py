@@ -81,8 +81,9 @@ class Message:
 
 
 # A message never changes once stored (a rewritten reply is stored as new JSON), and every
-# page view reads its 50 again: a worker keeps the messages it parsed last.
-@functools.lru_cache(maxsize=4096)
+# page view reads its 50 again: a worker keeps the messages it parsed last (about twenty
+# pages' worth).
+@functools.lru_cache(maxsize=1024)
 def _parsed(raw: str) -> Message:
     return Message(**json.loads(raw))
 

@@ -16,6 +16,10 @@ from pygments.util import ClassNotFound
 
 from webapp.conversations import Message
 
+MESSAGES_KEPT = 1024
+"""Messages whose HTML (and part of the browser's copy) a worker keeps: about twenty pages'
+worth, a few MB for typical messages, 64 MB at most for the longest replies."""
+
 _FORMATTER = HtmlFormatter(nowrap=True)
 """Pygments' token classes (``k``, ``s``...) as spans; static/app.css colours them."""
 
@@ -85,7 +89,7 @@ def time_tag(timestamp: float, relative: bool = False) -> Markup:
     )
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=MESSAGES_KEPT)
 def _copy_item(role: str, content: str) -> str:
     return htmlsafe_json_dumps({"role": role, "content": content})
 
@@ -109,7 +113,7 @@ def init_app(app: Flask) -> None:
 
     # The same message, at the same place, is the same HTML on every page view: a worker
     # keeps what it rendered last, as for Markdown.
-    @functools.lru_cache(maxsize=4096)
+    @functools.lru_cache(maxsize=MESSAGES_KEPT)
     def message_html(message: Message, index: int | None = None, forkable: bool = False) -> Markup:
         return macros().message(message, index, forkable)
 
