@@ -235,7 +235,7 @@ def search(r: redis.Redis, owner: str, query: str, page_size: int, use_index: bo
         except redis.exceptions.ResponseError as error:
             if "no such index" not in str(error).lower():
                 raise
-            has_search_module(r)  # lost (FLUSHALL, a new server): made again, filling in
+            has_search_module(r)  # lost (its data emptied, a new server): made again, filling in
             # the background, so this one search looks at every conversation
     return _results(_find(r, owner, ids, words), words, page_size)
 
