@@ -1,4 +1,4 @@
-"""The resume-chat command: sweep, and serve as `make run` uses it."""
+"""The resume-chat command: serving as `make run` uses it (its repair: test_deadlines)."""
 
 import http.cookiejar
 import re
@@ -8,23 +8,9 @@ import urllib.request
 
 import pytest
 import redis
-from click.testing import CliRunner
 
 from tests.app_server import AppServer, serving
-from webapp import cli, conversations
-from webapp.storage import connect, keys
-
-
-def test_sweep_reports_what_it_removed(monkeypatch, redis_server, real_redis, lifetimes):
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    monkeypatch.setenv("FLASK_SECRET_KEY", "x")
-    kept = conversations.create_conversation(real_redis, "guest:a", lifetimes)
-    gone = conversations.create_conversation(real_redis, "guest:a", lifetimes)
-    real_redis.delete(keys.conversation_meta(gone))
-    result = CliRunner().invoke(cli.main, ["sweep"])
-    assert result.exit_code == 0, result.output
-    assert "Removed 1 stale index entry." in result.output
-    assert real_redis.zrange(keys.owner_conversations("guest:a"), 0, -1) == [kept]
+from webapp.storage import connect
 
 
 class Browser:

@@ -32,9 +32,15 @@ def test_conversation_scan_patterns_and_the_id_in_a_key():
     assert keys.conversation_id_of("rc:owner:{guest:x}:conversations") is None
 
 
+def test_the_deadline_mirrors_share_one_hash_tag():
+    assert keys.DEADLINES_SESSIONS == "rc:deadlines:{deadlines}:sessions"
+    assert {key.split("}")[0] for key in keys.DEADLINES} == {"rc:deadlines:{deadlines"}
+    assert set(keys.DEADLINES_FORGOTTEN_TOGETHER) == set(keys.DEADLINES)
+    assert keys.DEADLINES_FORGOTTEN_TOGETHER[-1] == keys.DEADLINES_OWNERS  # the hash last
+
+
 def test_admin_and_metrics_keys():
     assert keys.ADMIN_AUDIT == "rc:admin:audit"
-    assert keys.ADMIN_OVERVIEW == "rc:admin:overview"
     assert keys.METRICS_COUNTERS == "rc:metrics:counters"
     assert keys.resume_failures_in_hour(493_000) == "rc:metrics:resume-failures:493000"
     assert keys.RESUME_CODES_PATTERN == "rc:code:*"

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.fake_anthropic import Status
 from tests.test_runs import SETTINGS as TEST_RUN_SETTINGS
-from webapp import conversations, lifecycle, resume_codes, runs
+from webapp import conversations, deadlines, lifecycle, resume_codes, runs
 from webapp.conversations import Lifetimes, Message
 from webapp.llm import END_TURN, NOTE_INTRODUCTION, Finished, Usage
 from webapp.llm.offline import OfflineProvider
@@ -631,29 +631,6 @@ def test_fork_outside_the_transcript_is_refused(chat, through):
     assert response.status_code == 400
 
 
-def test_the_sweep_counts_each_expired_session_once_with_scan(real_redis, lifetimes):
-    short = Lifetimes(session_idle=1, session_max=60, transcript_retention=600)
-    ending = conversations.create_conversation(real_redis, OWNER, short)
-    conversations.create_conversation(real_redis, OWNER, lifetimes)  # stays active
-    wait_for_session_to_expire(real_redis, ending)
-    keys_before = real_redis.info("commandstats").get("cmdstat_keys", {}).get("calls", 0)
-    assert lifecycle.sweep_expired_sessions(real_redis, batch=1) == 1
-    assert lifecycle.sweep_expired_sessions(real_redis) == 0  # counted once
-    assert real_redis.info("commandstats").get("cmdstat_keys", {}).get("calls", 0) == keys_before
-    # Catching up starts a new session; when that one ends, it is counted again.
-    lifecycle.catch_up(
-        real_redis,
-        OfflineProvider(),
-        ending,
-        OWNER,
-        short,
-        1000,
-    )
-    assert not real_redis.hexists(keys.conversation_meta(ending), "session_ended")
-    wait_for_session_to_expire(real_redis, ending)
-    assert lifecycle.sweep_expired_sessions(real_redis) == 1
-
-
 def test_one_process_of_the_deployment_sweeps_per_interval(real_redis, lifetimes, monkeypatch):
     """Four processes (here, their workers) each try at start-up and at every interval: one
     sweeps; once the interval is over, one of them sweeps again."""
@@ -671,7 +648,7 @@ def test_one_process_of_the_deployment_sweeps_per_interval(real_redis, lifetimes
         for _ in range(4)
     ]
     swept = []
-    monkeypatch.setattr(lifecycle, "sweep_expired_sessions", lambda r: swept.append(1) or 0)
+    monkeypatch.setattr(deadlines, "sweep", lambda r: swept.append(1) or deadlines.Swept(0, 0))
     assert [worker._sweep() for worker in workers].count(True) == 1
     assert [worker._sweep() for worker in workers].count(True) == 0  # the same interval
     time.sleep(interval + 0.1)

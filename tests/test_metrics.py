@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import expiry
 from tests.conftest import CSRF_FIELD, Chat
 from tests.fake_anthropic import FakeAnthropic, Status, StreamError
 from webapp import accounts, conversations, metrics, resume_codes
@@ -140,7 +141,7 @@ def test_resume_failures_fall_into_hourly_buckets(real_redis):
 def test_conversations_by_state_are_a_gauge(chat, admin_client, real_redis):
     chat.start_conversation()
     expired = chat.start_conversation()
-    real_redis.delete(keys.conversation_session(expired))
+    expiry.end_session(real_redis, expired)
     text = scrape(admin_client)
     assert "# TYPE conversations gauge" in text
     assert value(text, "conversations", state="active") == 1

@@ -9,6 +9,7 @@ from collections import defaultdict
 import pytest
 from redis.cluster import RedisCluster
 
+from tests import expiry
 from tests.conftest import Chat
 from tests.limits import OUT_OF_REACH
 from tests.test_replies import watch
@@ -18,7 +19,7 @@ from webapp import (
     accounts,
     conversations,
     create_app,
-    lifecycle,
+    deadlines,
     metrics,
     rate_limits,
     resume_codes,
@@ -46,7 +47,7 @@ def chat_in(r, owner, lifetimes, text="Hello"):
     return conversation_id
 
 
-def test_the_sweep_lists_again_a_running_run_the_index_lost_so_it_is_reaped(redis, lifetimes):
+def test_the_repair_lists_again_a_running_run_the_index_lost_so_it_is_reaped(redis, lifetimes):
     conversation_id = chat_in(redis, "guest:crashed", lifetimes)
     run = runs.start_run(
         redis, conversation_id, "guest:crashed", lifetimes, SETTINGS, user_message=user_message()
@@ -57,7 +58,7 @@ def test_the_sweep_lists_again_a_running_run_the_index_lost_so_it_is_reaped(redi
     redis.hset(keys.conversation_run(conversation_id), "heartbeat_at", long_ago)
     redis.zrem(keys.RUNS_RUNNING, run.index_member)
     assert runs.reap_stale_runs(redis, lifetimes, SETTINGS) == 0
-    lifecycle.sweep_expired_sessions(redis)
+    assert runs.list_running_again(redis) == 1
     assert redis.zscore(keys.RUNS_RUNNING, run.index_member) == long_ago
     assert runs.reap_stale_runs(redis, lifetimes, SETTINGS) == 1
     assert runs.latest_run(redis, conversation_id).status == runs.INTERRUPTED
@@ -93,11 +94,13 @@ def test_the_sweeps_find_each_ended_session_once_and_drop_stale_index_entries(re
     alive = chat_in(redis, "guest:sweep", lifetimes)
     ended = [chat_in(redis, f"guest:s{n}", lifetimes) for n in range(3)]
     gone = chat_in(redis, "guest:sweep", lifetimes)
-    redis.delete(*(keys.conversation_session(cid) for cid in ended))
-    redis.delete(*keys.conversation_keys(gone))
-    assert lifecycle.sweep_expired_sessions(redis, batch=2) == 3
-    assert lifecycle.sweep_expired_sessions(redis) == 0
-    assert conversations.sweep_indexes(redis, batch=1) == 1
+    for conversation_id in ended:
+        expiry.end_session(redis, conversation_id)
+    expiry.end_conversation(redis, gone)
+    assert deadlines.sweep(redis, batch=2) == deadlines.Swept(
+        sessions_ended=3, conversations_gone=1
+    )
+    assert deadlines.sweep(redis) == deadlines.Swept(sessions_ended=0, conversations_gone=0)
     assert redis.zrange(keys.owner_conversations("guest:sweep"), 0, -1) == [alive]
 
 
@@ -118,12 +121,11 @@ def test_overview_counts_every_state(server_redis, lifetimes):
     active = chat_in(server_redis, "guest:a", lifetimes)
     expired = chat_in(server_redis, "guest:a", lifetimes)
     parked = chat_in(server_redis, "guest:b", lifetimes)
-    server_redis.delete(keys.conversation_session(expired))
+    expiry.end_session(server_redis, expired)
     resume_codes.park(
         server_redis, SECRET, conversations.get_conversation(server_redis, parked), ttl=600
     )
-    counts = listing.count_states(server_redis, cache_seconds=0)
-    assert counts.by_state == {"active": 1, "parked": 1, "expired": 1}
+    assert listing.count_states(server_redis) == {"active": 1, "parked": 1, "expired": 1}
     assert {row.id: row.state for row in listing.list_conversations(server_redis).rows} == {
         active: "active",
         expired: "expired",

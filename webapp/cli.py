@@ -1,4 +1,4 @@
-"""The ``resume-chat`` command: serve the app, sweep stale index entries."""
+"""The ``resume-chat`` command: serve the app, make an admin, repair what a count follows."""
 
 import os
 import signal
@@ -6,7 +6,16 @@ import signal
 import click
 from gunicorn.app.base import BaseApplication
 
-from webapp import INSTANCE_PATH, accounts, conversations, create_app, start_embedded_redis
+from webapp import (
+    INSTANCE_PATH,
+    accounts,
+    config,
+    conversations,
+    create_app,
+    deadlines,
+    runs,
+    start_embedded_redis,
+)
 from webapp.config import DEFAULTS
 from webapp.storage import get_redis
 
@@ -111,9 +120,20 @@ def create_admin(username: str) -> None:
 
 
 @main.command()
-def sweep() -> None:
-    """Remove index entries whose conversation is gone (uses SCAN, never KEYS)."""
+def repair() -> None:
+    """Recount from scratch, walking every conversation with SCAN (never KEYS; it costs in
+    proportion to what is stored, so it is run by an operator, never by a request): mirror
+    every deadline afresh (the counts by state and the sweeps follow them), remove index
+    entries whose conversation is gone, and list every running reply for the reaper again."""
     app = create_app(background=False)
     with app.app_context():
-        removed = conversations.sweep_indexes(get_redis())
-    click.echo(f"Removed {removed} stale index entr{'y' if removed == 1 else 'ies'}.")
+        r = get_redis()
+        live = deadlines.rebuild(r, config.current().lifetimes)
+        removed = conversations.sweep_indexes(r)
+        relisted = runs.list_running_again(r)
+    click.echo(
+        f"Mirrored {live.conversations} conversations ({live.sessions} with a session, "
+        f"{live.parked} parked); removed {removed} stale index "
+        f"entr{'y' if removed == 1 else 'ies'}; listed {relisted} running "
+        f"repl{'y' if relisted == 1 else 'ies'}."
+    )

@@ -102,9 +102,9 @@ DEFAULTS = {
     "RUN_EVENTS_MAX": 10_000,
     # How long a finished reply's events stay for late watchers (its text is in the transcript).
     "RUN_EVENTS_TTL_SECONDS": 3600,
-    # How often the deployment sweeps (with SCAN) for expired sessions and stale index
-    # entries: each process tries at start-up and at this interval, and the first to take
-    # the interval's lock in Redis sweeps for all.
+    # How often the deployment sweeps what has ended since (sessions to count once, index
+    # entries of conversations gone), found by their deadlines: each process tries at
+    # start-up and at this interval, and the first to take the interval's lock sweeps for all.
     "SWEEP_INTERVAL_SECONDS": 300,
     # Replies written at once by one process.
     "RUN_THREADS": 16,
@@ -120,8 +120,6 @@ DEFAULTS = {
     "CONTEXT_BUDGET_TOKENS": 100_000,
     # Conversations per page of the admin console.
     "ADMIN_PAGE_SIZE": 50,
-    # The console's and /metrics' counts of conversations by state are kept this long.
-    "ADMIN_OVERVIEW_CACHE_SECONDS": 30,
     # /metrics also answers a scraper sending "Authorization: Bearer <this>"; unset: admins only.
     "METRICS_TOKEN": None,
     # REDIS_URL names one node of a Redis Cluster, whose client finds the other masters.

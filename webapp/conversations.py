@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import redis
 
-from webapp import metrics
+from webapp import deadlines, metrics
 from webapp.storage import keys
 from webapp.storage.scripts import (
     APPEND_MESSAGE_AND_TOUCH,
@@ -105,19 +105,29 @@ def new_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-def queue_owner_index(
-    pipe, owner: str, conversation_id: str, ttl: int, *, activity: bool = True
+def queue_indexes(
+    pipe,
+    owner: str,
+    conversation_id: str,
+    lifetimes: Lifetimes,
+    write: str,
+    *,
+    activity: bool = True,
+    parked_seconds: int = 0,
 ) -> None:
-    """Queue what keeps the owner's index true after a write that refreshed one of its
-    conversations, in the same round trip as that write: the conversation's score becomes
-    now (with ``activity``: the index lists by last activity), and the index lives at least
-    ``ttl`` more seconds, as long as the longest-lived conversation it lists. Every write
-    path that refreshes a conversation calls this."""
+    """Queue what keeps the indexes true after a write to one of the owner's conversations,
+    in the same round trip as that write: in the owner's index, the conversation's score
+    becomes now (with ``activity``: the index lists by last activity), and the index lives
+    at least the retention more seconds, as long as the longest-lived conversation it lists;
+    the deadline mirrors follow ``write`` (see deadlines.queue_write). Every write path that
+    refreshes a conversation, or changes its session or owner, calls this."""
     index = keys.owner_conversations(owner)
     if activity:
         pipe.zadd(index, {conversation_id: time.time()})
+    ttl = max(lifetimes.transcript_retention, parked_seconds)
     pipe.expire(index, ttl, nx=True)
     pipe.expire(index, ttl, gt=True)
+    deadlines.queue_write(pipe, conversation_id, owner, write, lifetimes, parked_seconds)
 
 
 def outside_text_problem(content: str, max_chars: int) -> str | None:
@@ -174,7 +184,7 @@ def create_conversation(
             },
         )
         pipe.expire(session, session_ttl)
-        queue_owner_index(pipe, owner, conversation_id, lifetimes.transcript_retention)
+        queue_indexes(pipe, owner, conversation_id, lifetimes, deadlines.NEW)
 
     execute_pipeline(r, queue)
     return conversation_id
@@ -215,7 +225,7 @@ def append_message_and_touch(
                 DEDUPE_WINDOW,
             ],
         )
-        queue_owner_index(pipe, owner, conversation_id, lifetimes.transcript_retention)
+        queue_indexes(pipe, owner, conversation_id, lifetimes, deadlines.SLID)
 
     (stored, _count), *_ = execute_pipeline(r, queue, replicated=True)
     return bool(stored)
@@ -308,7 +318,7 @@ def give_conversation(
 
     def move_entry(pipe):
         pipe.zrem(keys.owner_conversations(from_owner), conversation_id)
-        queue_owner_index(pipe, to_owner, conversation_id, lifetimes.transcript_retention)
+        queue_indexes(pipe, to_owner, conversation_id, lifetimes, deadlines.MOVED)
 
     execute_pipeline(r, move_entry)
 
@@ -347,9 +357,10 @@ def move_conversations(r: redis.Redis, from_owner: str, to_owner: str) -> int:
         def retire(pipe):
             for code_hash in code_hashes:  # each under its own hash tag
                 UPDATE_IF_EXISTS.queue(pipe, [keys.resume_code(code_hash)], ["used_at", retired_at])
+            for conversation_id in kept:
+                deadlines.queue_owner(pipe, conversation_id, to_owner)
 
-        if code_hashes:
-            execute_pipeline(r, retire)
+        execute_pipeline(r, retire)
     return len(kept)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import redis
 
-from webapp import shares
+from webapp import deadlines, shares
 from webapp.lifecycle import EXPIRED
 from webapp.storage import keys
 from webapp.storage.scripts import DELETE_CONVERSATION, execute_pipeline
@@ -110,7 +110,7 @@ def _delete_batch(
         ]
         if members:
             pipe.zrem(keys.RUNS_RUNNING, *members)
-    pipe.delete(keys.ADMIN_OVERVIEW)  # the counts changed
+    deadlines.queue_forget(pipe, list(done))
     codes_deleted = sum(pipe.execute()[: len(code_hashes)])
     links_ended = shares.revoke_for_conversations(r, {cid: owners[cid] for cid in done})
     keys_deleted = sum(result[1] for result in done.values()) + codes_deleted + links_ended

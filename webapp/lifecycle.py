@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import redis
 
-from webapp import summaries
+from webapp import deadlines, summaries
 from webapp.conversations import (
     DEDUPE_WINDOW,
     Conversation,
@@ -25,7 +25,7 @@ from webapp.conversations import (
     create_conversation,
     new_id,
     outside_text_problem,
-    queue_owner_index,
+    queue_indexes,
     read_messages,
 )
 from webapp.llm import ModelError, Provider
@@ -166,7 +166,7 @@ def catch_up(
                 DEDUPE_WINDOW,
             ],
         )
-        queue_owner_index(pipe, owner, conversation_id, lifetimes.transcript_retention)
+        queue_indexes(pipe, owner, conversation_id, lifetimes, deadlines.STARTED)
 
     started, *_ = execute_pipeline(r, queue)
     return summary if started else None
@@ -359,55 +359,6 @@ def restore_from_copy(
     return conversation_id, summary
 
 
-def sweep_expired_sessions(r: redis.Redis, batch: int = 500) -> int:
-    """Find conversations whose session has expired since the last sweep (SCAN, never KEYS)
-    and mark them, so each expiry is counted once. Returns how many were found.
-
-    Every running run seen is also listed again in the index of running runs, where its
-    start put it in a second step that a cluster can lose; so the reaper finds it if its
-    writer is gone."""
-    found = 0
-    for names in _batches(r.scan_iter(match=keys.CONVERSATION_META_PATTERN, count=batch), batch):
-        ids = [keys.conversation_id_of(name) for name in names]
-        pipe = r.pipeline(transaction=False)
-        for conversation_id in ids:
-            pipe.exists(keys.conversation_session(conversation_id))
-            pipe.hexists(keys.conversation_meta(conversation_id), "session_ended")
-            pipe.hmget(keys.conversation_run(conversation_id), "id", "status", "heartbeat_at")
-        answers = pipe.execute()
-        newly_ended, running = [], {}
-        for conversation_id, alive, marked, (run_id, status, heartbeat_at) in zip(
-            ids, answers[::3], answers[1::3], answers[2::3], strict=True
-        ):
-            if not alive and not marked:
-                newly_ended.append(conversation_id)
-            if status == "running":
-                running[keys.running_run_member(conversation_id, run_id)] = float(heartbeat_at)
-
-        def queue(pipe, newly_ended=newly_ended, running=running):
-            for conversation_id in newly_ended:
-                UPDATE_IF_EXISTS.queue(
-                    pipe, [keys.conversation_meta(conversation_id)], ["session_ended", 1]
-                )
-            if running:
-                pipe.zadd(keys.RUNS_RUNNING, running, nx=True)
-
-        if newly_ended or running:
-            found += sum(execute_pipeline(r, queue)[: len(newly_ended)])
-    return found
-
-
-def _batches(items, size):
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def touch(r: redis.Redis, conversation: Conversation, lifetimes: Lifetimes) -> int:
     """Slide the session because its user is active (this also ends any parking, and so
     withdraws its resume code). Returns the seconds it has left, or -1 if it is gone."""
@@ -418,12 +369,8 @@ def touch(r: redis.Redis, conversation: Conversation, lifetimes: Lifetimes) -> i
             keys.conversation_keys(conversation.id),
             [lifetimes.session_idle, lifetimes.session_max, lifetimes.transcript_retention],
         )
-        queue_owner_index(
-            pipe,
-            conversation.owner,
-            conversation.id,
-            lifetimes.transcript_retention,
-            activity=False,
+        queue_indexes(
+            pipe, conversation.owner, conversation.id, lifetimes, deadlines.SLID, activity=False
         )
 
     left, *_ = execute_pipeline(r, queue)

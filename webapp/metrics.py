@@ -249,7 +249,7 @@ class _AppCollector:
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(
             "conversations",
-            "Conversations by state (counted at most ADMIN_OVERVIEW_CACHE_SECONDS ago).",
+            "Conversations by state.",
             labels=["state"],
         )
         for state, number in self.conversations.items():

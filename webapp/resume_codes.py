@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import redis
 
-from webapp import metrics, owners, rate_limits
-from webapp.conversations import Conversation, Lifetimes, give_conversation, queue_owner_index
+from webapp import deadlines, metrics, owners, rate_limits
+from webapp.conversations import Conversation, Lifetimes, give_conversation, queue_indexes
 from webapp.storage import keys
 from webapp.storage.scripts import (
     PARK_SESSION,
@@ -113,7 +113,17 @@ def park(r: redis.Redis, secret: str, conversation: Conversation, ttl: int) -> I
         PARK_SESSION.queue(
             pipe, keys.conversation_keys(conversation.id), [digest, code[:GROUP], ttl]
         )
-        queue_owner_index(pipe, conversation.owner, conversation.id, ttl, activity=False)
+        # While parked, everything of it lives the code's lifetime, and no longer slides.
+        parked = Lifetimes(session_idle=ttl, session_max=ttl, transcript_retention=ttl)
+        queue_indexes(
+            pipe,
+            conversation.owner,
+            conversation.id,
+            parked,
+            deadlines.PARKED_FOR,
+            activity=False,
+            parked_seconds=ttl,
+        )
 
     replaced, *_ = execute_pipeline(r, queue)
     if replaced is None:
@@ -156,9 +166,7 @@ def redeem(r: redis.Redis, digest: str, lifetimes: Lifetimes) -> str:
             keys.conversation_keys(conversation_id),
             [digest, lifetimes.session_idle, lifetimes.session_max, lifetimes.transcript_retention],
         )
-        queue_owner_index(
-            pipe, owner, conversation_id, lifetimes.transcript_retention, activity=False
-        )
+        queue_indexes(pipe, owner, conversation_id, lifetimes, deadlines.RESTARTED, activity=False)
 
     resumed, *_ = execute_pipeline(r, resume)
     if resumed == -1:

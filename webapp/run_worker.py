@@ -1,7 +1,7 @@
 """This process's background work: it writes replies in background threads, beats their
 heartbeats, reaps stale runs of any process, interrupts its own runs when it stops, and
-sweeps expired sessions and stale index entries (at start-up and periodically, one process
-of the whole deployment per interval)."""
+sweeps what has ended since the last sweep (at start-up and periodically, one process of
+the whole deployment per interval: see deadlines.sweep)."""
 
 import atexit
 import logging
@@ -11,7 +11,7 @@ import time
 
 import redis
 
-from webapp import conversations, lifecycle, metrics, runs
+from webapp import deadlines, metrics, runs
 from webapp.conversations import Lifetimes
 from webapp.llm import Provider
 from webapp.runs import Run, RunSettings
@@ -95,9 +95,8 @@ class RunWorker:
         interval_ms = max(1, int(self.sweep_interval * 1000))
         if not self.r.set(keys.SWEEP_LOCK, os.getpid(), nx=True, px=interval_ms):
             return False
-        expired = lifecycle.sweep_expired_sessions(self.r)
-        metrics.count_sessions_expired(self.r, expired)
-        conversations.sweep_indexes(self.r)
+        swept = deadlines.sweep(self.r)
+        metrics.count_sessions_expired(self.r, swept.sessions_ended)
         return True
 
     def shutdown(self) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
-from webapp import lifecycle, metrics
+from webapp import deadlines, lifecycle, metrics
 from webapp.conversations import (
     DEDUPE_WINDOW,
     ConversationGone,
@@ -21,7 +21,7 @@ from webapp.conversations import (
     Message,
     make_title,
     new_id,
-    queue_owner_index,
+    queue_indexes,
 )
 from webapp.llm import (
     MAX_TOKENS,
@@ -190,7 +190,8 @@ def start_run(
             ],
         )
         pipe.zadd(keys.RUNS_RUNNING, {member: now})
-        queue_owner_index(pipe, owner, conversation_id, lifetimes.transcript_retention)
+        write = deadlines.KEPT if kind == CATCH_UP else deadlines.SLID
+        queue_indexes(pipe, owner, conversation_id, lifetimes, write)
         if user_message:
             metrics.queue_messages_appended(pipe, "user")
 
@@ -283,7 +284,7 @@ def finish_run(
             ],
         )
         if run.owner:
-            queue_owner_index(pipe, run.owner, run.conversation_id, lifetimes.transcript_retention)
+            queue_indexes(pipe, run.owner, run.conversation_id, lifetimes, deadlines.KEPT)
 
     ended, *_ = execute_pipeline(r, queue)
     if ended:
@@ -512,6 +513,21 @@ def seen_run(
         return run
     finish_run(r, run, INTERRUPTED, lifetimes, settings, stale_before=stale_before)
     return latest_run(r, conversation_id)
+
+
+def list_running_again(r: redis.Redis) -> int:
+    """List every run marked running in the index of running runs again (SCAN, O(N)): its
+    start put it there in a second step that a cluster can lose, and the reaper looks only
+    there. Returns how many are running."""
+    running = {}
+    for key in r.scan_iter(match=keys.CONVERSATION_RUN_PATTERN, count=1000, _type="hash"):
+        run_id, status, heartbeat_at = r.hmget(key, "id", "status", "heartbeat_at")
+        if status == "running":
+            member = keys.running_run_member(keys.conversation_id_of(key), run_id)
+            running[member] = float(heartbeat_at)
+    if running:
+        r.zadd(keys.RUNS_RUNNING, running, nx=True)
+    return len(running)
 
 
 def reap_stale_runs(r: redis.Redis, lifetimes: Lifetimes, settings: RunSettings) -> int:

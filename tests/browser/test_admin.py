@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from tests import expiry
 from tests.app_server import TEST_SECRET_KEY
 from webapp import conversations, metrics, resume_codes
 from webapp.conversations import Lifetimes
-from webapp.storage import keys
 
 pytestmark = pytest.mark.browser
 
@@ -53,7 +53,7 @@ def more_data(real_redis) -> None:
             conversation = conversations.get_conversation(real_redis, conversation_id)
             assert resume_codes.park(real_redis, TEST_SECRET_KEY, conversation, 3600)
         if number == 3:  # its session ended, its transcript is kept
-            real_redis.delete(keys.conversation_session(conversation_id))
+            expiry.end_session(real_redis, conversation_id)
     now = time.time()
     for hours_ago, failures in ((20, 2), (13, 5), (7, 1), (2, 3)):
         for _ in range(failures):

@@ -14,7 +14,7 @@ class Console:
     """Everything the console page shows."""
 
     page: listing.Page
-    state_counts: listing.StateCounts
+    state_counts: dict[str, int]
     resume_failures: list[metrics.HourCount]
     audit: list[audit.AuditEntry]
     usage: list[quotas.Usage]
@@ -28,7 +28,6 @@ def read_console(
     page_size: int,
     state: str | None,
     owner: str | None,
-    cache_seconds: int,
     limits: quotas.Limits,
     retention: int,
 ) -> Console:
@@ -36,7 +35,7 @@ def read_console(
     the usage of the owner filtered on."""
     return Console(
         page=listing.list_conversations(r, cursor, page_size, state, owner),
-        state_counts=listing.count_states(r, cache_seconds),
+        state_counts=listing.count_states(r),
         resume_failures=metrics.resume_failures_by_hour(r),
         audit=audit.audit_entries(r),
         usage=quotas.usage(r, limits, owner, retention) if owner else [],

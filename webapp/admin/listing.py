@@ -6,15 +6,13 @@ costs a bounded number of round trips however many conversations there are. Func
 their Redis client as an argument and know nothing of HTTP.
 """
 
-import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import redis
 
-from webapp import accounts, lifecycle, owners
+from webapp import accounts, deadlines, lifecycle, owners
 from webapp.lifecycle import ACTIVE, EXPIRED, PARKED
 from webapp.llm import USAGE_FIELDS
 from webapp.storage import keys
@@ -295,27 +293,16 @@ def walk_conversations(r: redis.Redis) -> Iterator[tuple[str, str, str]]:
             return
 
 
-@dataclass(frozen=True)
-class StateCounts:
-    by_state: dict[str, int]
-    counted_at: float
-
-
-def count_states(r: redis.Redis, cache_seconds: int) -> StateCounts:
-    """Conversations by state: counted over everything (in batches), then cached in Redis
-    for ``cache_seconds`` so the console and /metrics stay fast."""
-    cached = r.get(keys.ADMIN_OVERVIEW)
-    if cached:
-        stored = json.loads(cached)
-        return StateCounts(stored["by_state"], stored["counted_at"])
-    by_state = dict.fromkeys(STATES, 0)
-    for _id, _owner, state in walk_conversations(r):
-        by_state[state] += 1
-    counts = StateCounts(by_state, time.time())
-    if cache_seconds > 0:
-        stored = {"by_state": counts.by_state, "counted_at": counts.counted_at}
-        r.set(keys.ADMIN_OVERVIEW, json.dumps(stored), ex=cache_seconds)
-    return counts
+def count_states(r: redis.Redis) -> dict[str, int]:
+    """Conversations by state, from the deadline mirrors: one round trip, whatever their
+    number (see deadlines)."""
+    live = deadlines.count_live(r)
+    parked = min(live.parked, live.sessions)
+    return {
+        ACTIVE: live.sessions - parked,
+        PARKED: parked,
+        EXPIRED: max(0, live.conversations - live.sessions),
+    }
 
 
 def describe_owner(r: redis.Redis, owner: str) -> str:

@@ -90,6 +90,49 @@ def run_events(conversation_id: str, run_id: str) -> str:
     return f"{PREFIX}:conv:{{{conversation_id}}}:run:{run_id}:events"
 
 
+DEADLINES_PREFIX = f"{PREFIX}:deadlines:{{deadlines}}"
+"""Prefix of the deadline mirrors (see ``deadlines``): they share one hash tag, for one
+script to keep them in step on a cluster (where they live on one master)."""
+
+DEADLINES_CONVERSATIONS = f"{DEADLINES_PREFIX}:conversations"
+"""Sorted set: every conversation's id, scored by when its transcript ends (s). No TTL:
+the sweep removes members whose conversation is gone."""
+
+DEADLINES_OWNERS = f"{DEADLINES_PREFIX}:owners"
+"""Hash: conversation id -> its owner, for the sweep to find the owner's index entry of a
+conversation that is gone. No TTL: entries leave with DEADLINES_CONVERSATIONS' members."""
+
+DEADLINES_SESSIONS = f"{DEADLINES_PREFIX}:sessions"
+"""Sorted set: the id of every conversation with a session, scored by when the session
+ends (s). No TTL: the sweep removes members whose session has ended."""
+
+DEADLINES_SESSION_CAPS = f"{DEADLINES_PREFIX}:session-caps"
+"""Sorted set: the same ids, scored by when the session reaches its maximum age (s), which
+caps how far it slides. No TTL: members leave with DEADLINES_SESSIONS' ones."""
+
+DEADLINES_PARKED = f"{DEADLINES_PREFIX}:parked"
+"""Sorted set: the id of every conversation whose session was parked, scored by when the
+parking (and its resume code) ends (s). No TTL: the sweep removes members past their end."""
+
+DEADLINES = (
+    DEADLINES_CONVERSATIONS,
+    DEADLINES_OWNERS,
+    DEADLINES_SESSIONS,
+    DEADLINES_SESSION_CAPS,
+    DEADLINES_PARKED,
+)
+"""Every deadline mirror, in the order MIRROR_DEADLINES takes them."""
+
+DEADLINES_FORGOTTEN_TOGETHER = (
+    DEADLINES_CONVERSATIONS,
+    DEADLINES_SESSIONS,
+    DEADLINES_SESSION_CAPS,
+    DEADLINES_PARKED,
+    DEADLINES_OWNERS,
+)
+"""The mirrors a conversation leaves when it is gone, the hash last (as FORGET_DUE takes
+them)."""
+
 SWEEP_LOCK = f"{PREFIX}:sweep-lock"
 """String: the process (pid) sweeping this interval. TTL: SWEEP_INTERVAL_SECONDS, so that
 one process of the whole deployment sweeps per interval."""
@@ -179,6 +222,9 @@ OWNER_CONVERSATIONS_PATTERN = f"{PREFIX}:owner:*:conversations"
 CONVERSATION_META_PATTERN = f"{PREFIX}:conv:*:meta"
 """SCAN pattern matching every conversation's meta hash (one per conversation)."""
 
+CONVERSATION_RUN_PATTERN = f"{PREFIX}:conv:*:run"
+"""SCAN pattern matching every conversation's latest-run hash."""
+
 CONVERSATION_KEYS_PATTERN = f"{PREFIX}:conv:*"
 """SCAN pattern matching every key of every conversation."""
 
@@ -200,10 +246,6 @@ def conversation_id_of(key: str) -> str | None:
 ADMIN_AUDIT = f"{PREFIX}:admin:audit"
 """Stream of admin actions (at, admin, action, target, conversations, keys_deleted, detail),
 capped in length (approximately, newest kept). No TTL."""
-
-ADMIN_OVERVIEW = f"{PREFIX}:admin:overview"
-"""String: JSON of the conversation counts by state and when they were counted.
-TTL: ADMIN_OVERVIEW_CACHE_SECONDS."""
 
 METRICS_COUNTERS = f"{PREFIX}:metrics:counters"
 """Hash: "<counter>" or "<counter>:<label value>" -> count since the data began. No TTL."""

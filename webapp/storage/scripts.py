@@ -19,7 +19,7 @@ second steps, and what happens when one is lost:
 - Every write that refreshes a conversation (appending, starting or ending a run,
   catching up, touching, parking, resuming) refreshes its owner index's TTL, and
   its score when it is activity, after the script in the same round trip
-  (``conversations.queue_owner_index``): if lost, the list's order lags until the
+  (``conversations.queue_indexes``): if lost, the list's order lags until the
   next write, and the index's TTL is set again by it.
 - Starting a run adds it to the index of running runs: if lost, the sweep lists
   it again from the run's own hash, so the reaper still interrupts it if its
@@ -42,6 +42,12 @@ second steps, and what happens when one is lost:
   codes listed with it; then its codes, its index entry and its running-run
   entries go: what is left over is swept, reaped, or expires (a code left
   without its conversation is refused as expired).
+- Every write that moves a deadline (a conversation created, refreshed, given
+  away; its session slid, parked, resumed, started again) mirrors it into the
+  deadline sets ({deadlines}) after its script, in the same round trip
+  (MIRROR_DEADLINES); deleting removes it from them afterwards. If lost, a count
+  by state is wrong for that conversation until the sweep sees its mirrored
+  deadline pass (it then reads the truth), or until ``resume-chat repair``.
 - Counters (one hash) and their hourly buckets are separate increments.
 """
 
@@ -754,6 +760,102 @@ return 1
 )
 
 
+MIRROR_DEADLINES = AtomicScript(
+    """
+-- Keeps the deadline mirrors (see deadlines) in step with one write to a conversation,
+-- sent after the write's own script in the same round trip. What the write did to the
+-- session is said by ARGV[3]; a session is slid, restarted or parked only if its mirror says
+-- it is live, and started only if it says it has ended, as the write's script checks it.
+-- KEYS[1] conversations (id -> transcript end), KEYS[2] owners (id -> owner),
+-- KEYS[3] sessions (id -> session end), KEYS[4] session caps (id -> end of its maximum age),
+-- KEYS[5] parked (id -> end of the parking)
+-- ARGV[1] conversation id, ARGV[2] owner, ARGV[3] the write:
+--   "new"       created, its session begun
+--   "kept"      its transcript refreshed, its session untouched
+--   "moved"     given to ARGV[2], nothing refreshed
+--   "slid"      its session slid (so no longer parked), and its transcript refreshed
+--   "restarted" its session begun a new stretch (resumed), and its transcript refreshed
+--   "started"   a new session begun after the last one ended, transcript refreshed
+--   "parked"    its session parked for ARGV[7] seconds, its keys kept at least as long
+-- ARGV[4] transcript retention, ARGV[5] session idle, ARGV[6] session max age (seconds),
+-- ARGV[7] the parking's seconds (0 unless parked)
+-- Returns 1 if mirrored, 0 if the conversation's mirror says it is gone (nothing written).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local id, write = ARGV[1], ARGV[3]
+local retention, idle, max_age = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+
+local function begin_session()
+  redis.call('ZADD', KEYS[4], now + max_age, id)
+  redis.call('ZADD', KEYS[3], now + math.min(idle, max_age), id)
+  redis.call('ZREM', KEYS[5], id)
+end
+
+if write == 'new' then
+  redis.call('ZADD', KEYS[1], now + retention, id)
+  redis.call('HSET', KEYS[2], id, ARGV[2])
+  begin_session()
+  return 1
+end
+if tonumber(redis.call('ZSCORE', KEYS[1], id) or '0') <= now then return 0 end
+redis.call('HSET', KEYS[2], id, ARGV[2])
+if write == 'moved' then return 1 end
+local keep = write == 'parked' and tonumber(ARGV[7]) or retention
+redis.call('ZADD', KEYS[1], 'GT', now + keep, id)
+local live = tonumber(redis.call('ZSCORE', KEYS[3], id) or '0') > now
+if write == 'started' and not live then
+  begin_session()
+elseif write == 'restarted' and live then
+  begin_session()
+elseif write == 'slid' and live then
+  -- As the script slides it: a session past its maximum age begins again.
+  local cap = tonumber(redis.call('ZSCORE', KEYS[4], id) or '0')
+  if cap <= now then
+    cap = now + max_age
+    redis.call('ZADD', KEYS[4], cap, id)
+  end
+  redis.call('ZADD', KEYS[3], math.min(now + idle, cap), id)
+  redis.call('ZREM', KEYS[5], id)
+elseif write == 'parked' and live then
+  redis.call('ZADD', KEYS[3], now + keep, id)
+  redis.call('ZADD', KEYS[5], now + keep, id)
+end
+return 1
+"""
+)
+
+FORGET_DUE = AtomicScript(
+    """
+-- Removes members from deadline mirrors, each only while it is still due by the first
+-- mirror (a write since may have given it a new deadline).
+-- KEYS[1] the sorted set whose score decides, KEYS[2..] more sorted sets to remove the
+-- same members from; KEYS[#KEYS] is instead a hash if ARGV[2] is "hash"
+-- ARGV[1] now (s), ARGV[2] "hash" or "", ARGV[3..] the members
+-- Returns the members removed, each followed by its value in that hash ("" for none).
+local now, last_is_hash = tonumber(ARGV[1]), ARGV[2] == 'hash'
+local removed = {}
+for i = 3, #ARGV do
+  local member = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], member)
+  if score and tonumber(score) <= now then
+    local value = ''
+    for k = 1, #KEYS do
+      if k == #KEYS and last_is_hash then
+        value = redis.call('HGET', KEYS[k], member) or ''
+        redis.call('HDEL', KEYS[k], member)
+      else
+        redis.call('ZREM', KEYS[k], member)
+      end
+    end
+    removed[#removed + 1] = member
+    removed[#removed + 1] = value
+  end
+end
+return removed
+"""
+)
+
+
 ALL_SCRIPTS = (
     APPEND_MESSAGE_AND_TOUCH,
     START_RUN,
@@ -776,6 +878,8 @@ ALL_SCRIPTS = (
     OPEN_WATCH,
     FIND_MESSAGES,
     INDEX_FOR_SEARCH,
+    MIRROR_DEADLINES,
+    FORGET_DUE,
 )
 
 

@@ -138,7 +138,6 @@ def console():
         page_size=int(current_app.config["ADMIN_PAGE_SIZE"]),
         state=state,
         owner=owner,
-        cache_seconds=int(current_app.config["ADMIN_OVERVIEW_CACHE_SECONDS"]),
         limits=settings.quotas,
         retention=settings.lifetimes.transcript_retention,
     )
@@ -199,10 +198,10 @@ def clear_owner():
 def clear_expired():
     r = get_redis()
     if not _confirmed():
-        counts = listing.count_states(r, int(current_app.config["ADMIN_OVERVIEW_CACHE_SECONDS"]))
+        counts = listing.count_states(r)
         return _confirm(
             "Clear every expired conversation?",
-            f"About {counts.by_state.get(listing.EXPIRED, 0):,} conversations have no session "
+            f"About {counts[listing.EXPIRED]:,} conversations have no session "
             "left, only a transcript. Their transcripts are deleted; one whose owner comes "
             "back meanwhile is kept.",
             "Yes, clear expired conversations",

@@ -65,9 +65,8 @@ def metrics_text():
     if refusal is not None:
         return refusal
     r = get_redis()
-    counts = listing.count_states(r, int(current_app.config["ADMIN_OVERVIEW_CACHE_SECONDS"]))
     return Response(
-        metrics.render(r, counts.by_state),
+        metrics.render(r, listing.count_states(r)),
         content_type=CONTENT_TYPE_LATEST,
         headers={"Cache-Control": "no-store"},
     )
