@@ -32,7 +32,7 @@ $(VENV)/.bench-installed: $(VENV)/.test-installed
 	$(BIN)/pip install -q -c constraints.txt -e '.[test,bench]'
 	touch $@
 
-bench: $(VENV)/.bench-installed chromium wrk  ## Print the benchmark table, P1-P10
+bench: $(VENV)/.bench-installed chromium wrk  ## Print the benchmark table, P1-P12
 	$(BIN)/python -m bench
 
 $(VENV)/.peers-installed: $(VENV)/.run-installed

@@ -1,9 +1,9 @@
-"""`python -m bench`: start an embedded server, measure P1 to P10, print the table."""
+"""`python -m bench`: start an embedded server, measure P1 to P12, print the table."""
 
 import statistics
 import time
 
-from bench import caching, load, measurements, page, redemption, search, ttft, watchers
+from bench import caching, growth, load, measurements, page, redemption, search, ttft, watchers
 from bench.report import Row, duration, machine, ratio, render, server_version
 from bench.server import embedded_server
 from webapp.conversations import DEDUPE_WINDOW
@@ -348,6 +348,7 @@ def main() -> None:
         redeeming = redemption.redemption_latency(url, data_dir / "p5")
         watching = watchers.watchers_cost(url, data_dir / "p8")
         cache_use = caching.twentieth_turn()
+        grown = growth.growth(data_dir / "growth")
     print(f"Resume Chat benchmark: {facts}")
     print("Ratios come from one run on a noisy shared machine; both sides of each ratio are")
     print("measured in that run on the same server.\n")
@@ -365,6 +366,7 @@ def main() -> None:
                 watchers.p8_row(watching),
                 *search.p9_rows(searching),
                 p10_row(cache_use),
+                *growth.rows(grown),
             ]
         )
     )
@@ -380,6 +382,7 @@ def main() -> None:
         watchers.p8_note(watching),
         search.p9_note(searching),
         p10_note(cache_use),
+        growth.note(grown),
     ]:
         print(note)
     print(f"\nFinished in {time.perf_counter() - started:.1f} s.")
