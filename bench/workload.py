@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import redis
 
-from webapp.conversations import Message, new_id
+from webapp.conversations import Message, new_message_id
 
 SENTENCES = (
     "Can you tighten the summary at the top of my résumé?",
@@ -40,7 +40,7 @@ def realistic_messages(count: int, seed: int) -> list[Message]:
         content = " ".join(sentences)
         messages.append(
             Message(
-                id=new_id(),
+                id=new_message_id(),
                 role="user" if index % 2 == 0 else "assistant",
                 content=content,
                 created_at=START_TIME + index * 7.5,

@@ -9,7 +9,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import redis
 
@@ -72,12 +72,18 @@ class Message:
 
     def to_json(self) -> str:
         """Compact JSON, as stored in the messages list; fields left at None are omitted."""
-        fields = {name: value for name, value in asdict(self).items() if value is not None}
-        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+        present = {
+            name: value for name in FIELD_NAMES if (value := getattr(self, name)) is not None
+        }
+        return json.dumps(present, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, raw: str) -> "Message":
         return _parsed(raw)
+
+
+FIELD_NAMES = tuple(field.name for field in fields(Message))
+"""A message's fields, in the order its JSON holds them."""
 
 
 # A message never changes once stored (a rewritten reply is stored as new JSON), and every
@@ -101,8 +107,16 @@ class Conversation:
 
 
 def new_id() -> str:
-    """An unguessable id (128 bits) for a conversation or a message."""
+    """An unguessable id (128 bits) for a conversation: whoever has it may ask for it, so
+    its owner is checked too, but it is never guessed."""
     return secrets.token_urlsafe(16)
+
+
+def new_message_id() -> str:
+    """An id (96 bits) for a message, or a run and the reply it writes: unique among a
+    conversation's messages by far, and no secret (the conversation's id and owner guard
+    them). Stored with every message, so shorter than a conversation's."""
+    return secrets.token_urlsafe(12)
 
 
 def queue_indexes(

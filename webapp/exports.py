@@ -111,7 +111,12 @@ def _imported_message(item) -> Message:
     if any(value is not None and (type(value) is not int or value < 0) for value in tokens):
         raise ImportRejected("token counts are whole numbers")
     return Message(
-        conversations.new_id(), role, content, _time(item.get("created_at")), status, *tokens
+        conversations.new_message_id(),
+        role,
+        content,
+        _time(item.get("created_at")),
+        status,
+        *tokens,
     )
 
 

@@ -23,7 +23,7 @@ from webapp.conversations import (
     Message,
     append_message_and_touch,
     create_conversation,
-    new_id,
+    new_message_id,
     outside_text_problem,
     queue_indexes,
     read_messages,
@@ -174,7 +174,7 @@ def catch_up(
 
 def _note(summary: summaries.Summary, source: str) -> Message:
     return Message(
-        id=new_id(),
+        id=new_message_id(),
         role=NOTE,
         content=summary.text,
         created_at=time.time(),
@@ -334,7 +334,7 @@ def parse_browser_copy(raw: str, max_message_chars: int) -> list[Message]:
             raise CopyRejected("roles are user or assistant; contents are text")
         if problem := outside_text_problem(content, max_message_chars):
             raise CopyRejected(problem)
-        messages.append(Message(new_id(), role, content, time.time()))
+        messages.append(Message(new_message_id(), role, content, time.time()))
     if sum(len(m.content) for m in messages) > COPY_MAX_CHARS:
         raise CopyRejected("the copy is too large")
     return messages

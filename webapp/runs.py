@@ -20,7 +20,7 @@ from webapp.conversations import (
     Lifetimes,
     Message,
     make_title,
-    new_id,
+    new_message_id,
     queue_indexes,
 )
 from webapp.llm import (
@@ -164,7 +164,7 @@ def start_run(
     None when nothing started (``user_message`` was a repeat; a session to catch up in is
     alive). Raises RunInProgress, SessionExpired or ConversationGone.
     """
-    run_id = new_id()
+    run_id = new_message_id()
     message_id = replacing.message_id if replacing else run_id
     now = time.time()
     member = keys.running_run_member(conversation_id, run_id)
@@ -229,7 +229,7 @@ def add_chunk(
     Returns False once the run is no longer running (stopped, interrupted): stop writing.
     """
 
-    chunk_id = new_id()
+    chunk_id = new_message_id()
 
     def queue(pipe):
         ADD_RUN_CHUNK.queue(

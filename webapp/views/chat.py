@@ -62,7 +62,7 @@ def _message_from_form() -> Message:
     )
     message_id = request.form.get("message_id", "")
     if not conversations.MESSAGE_ID.match(message_id):
-        message_id = conversations.new_id()
+        message_id = conversations.new_message_id()
     return Message(id=message_id, role="user", content=text, created_at=time.time())
 
 
@@ -354,7 +354,7 @@ def _render_index(error: str | None = None, draft: str = ""):
     return render_template(
         "chat/index.html",
         sidebar=read_sidebar(get_redis(), current_owner()),
-        new_message_id=conversations.new_id(),
+        new_message_id=conversations.new_message_id(),
         error=error,
         draft=draft,
     )
@@ -379,7 +379,7 @@ def _render_conversation(
         "chat/conversation.html",
         **{**vars(page), "draft": draft or page.draft},
         sidebar=read_sidebar(get_redis(), conversation.owner),
-        new_message_id=conversations.new_id(),
+        new_message_id=conversations.new_message_id(),
         error=error,
         issued_code=issued_code,
     )
