@@ -285,8 +285,8 @@ def p5_notes(result: Redemption) -> list[str]:
         f"ended) and {result.failures} failures; "
         f"{result.parked:,} conversations parked through resume_codes.park beforehand "
         f"({result.parking_seconds:.1f} s, not timed).",
-        "P5 a redemption: HMAC of the code, HGET of its owner, REDEEM_CODE_ONCE, "
-        "RESUME_PARKED_SESSION, the conversation moved to the redeeming guest (CHANGE_OWNER "
-        "and its index), a counter, the failed-entry limit's test, a new guest id in the "
-        "signed session cookie.",
+        "P5 a redemption, in four round trips: the failed-entry limit's slot taken; HMAC "
+        "of the code, REDEEM_CODE_ONCE (which checks whose it may be); RESUME_PARKED_SESSION, "
+        "which gives the conversation to the redeeming guest; its index entries moved, a "
+        "counter and the slot given back; and a new guest id in the signed session cookie.",
     ]

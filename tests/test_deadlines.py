@@ -57,7 +57,7 @@ def test_the_counts_follow_every_transition_as_it_happens(server, lifetimes):
     time.sleep(0.05)
     assert listing.count_states(server) == truth(server) == counts(active=1, parked=1, expired=1)
 
-    resume_codes.redeem(server, resume_codes.look_up(SECRET, issued.code), lifetimes)
+    resume_codes.redeem_for(server, resume_codes.look_up(SECRET, issued.code), owner, lifetimes)
     assert listing.count_states(server) == truth(server) == counts(active=2, expired=1)
 
     lifecycle.catch_up(server, OfflineProvider(), idle, owner, lifetimes, 1000)

@@ -102,7 +102,9 @@ def test_model_errors_are_counted_by_kind(claude_app, fake_anthropic, chat_facto
 def test_resume_codes_catch_ups_and_resume_failures_by_reason(admin_client, real_redis):
     metrics.count_resume_code_issued(real_redis)
     metrics.count_resume_code_issued(real_redis)
-    metrics.count_resume_code_redeemed(real_redis)
+    pipe = real_redis.pipeline()
+    metrics.queue_resume_code_redeemed(pipe)
+    pipe.execute()
     metrics.count_catch_up(real_redis, "model", 300, 12_000)
     metrics.count_catch_up(real_redis, "extractive", 50, 900)
     metrics.count_catch_up(real_redis, "extractive", 50, 900)
@@ -168,7 +170,6 @@ COUNTS = {
     "count_model_call": ("failed", "busy"),
     "count_resume_failure": (resume_codes.UNKNOWN,),
     "count_resume_code_issued": (),
-    "count_resume_code_redeemed": (),
     "count_catch_up": ("model", 300, 12_000),
     "count_model_tokens": ("claude-sonnet-5-5", Usage(input_tokens=10, output_tokens=5)),
     "count_sessions_expired": (1,),

@@ -177,31 +177,43 @@ def test_a_resume_code_parks_then_redeems_once(redis, lifetimes):
     second = resume_codes.park(redis, SECRET, conversation, ttl=600)
     retired = resume_codes.look_up(SECRET, first.code)
     with pytest.raises(resume_codes.CodeRefused, match=resume_codes.USED):
-        resume_codes.redeem(redis, retired, lifetimes)
+        resume_codes.redeem_for(redis, retired, "guest:away", lifetimes)
     digest = resume_codes.look_up(SECRET, second.code)
-    assert resume_codes.owner_of(redis, digest) == "guest:away"
-    assert resume_codes.redeem(redis, digest, lifetimes) == conversation_id
+    assert resume_codes.redeem_for(redis, digest, "guest:away", lifetimes) == conversation_id
     with pytest.raises(resume_codes.CodeRefused, match=resume_codes.USED):
-        resume_codes.redeem(redis, digest, lifetimes)
+        resume_codes.redeem_for(redis, digest, "guest:away", lifetimes)
+
+
+def redeemed_by(redis, conversation_id, visitor, lifetimes, code_owner=None):
+    """Park the conversation under a code, and redeem that code for ``visitor``: as the code
+    says, its owner is ``code_owner`` (by default the conversation's)."""
+    conversation = conversations.get_conversation(redis, conversation_id)
+    digest = resume_codes.look_up(SECRET, resume_codes.park(redis, SECRET, conversation, 600).code)
+    if code_owner:
+        redis.hset(keys.resume_code(digest), "owner", code_owner)
+    return resume_codes.redeem_for(redis, digest, visitor, lifetimes)
 
 
 def test_giving_and_moving_conversations_between_owners(redis, lifetimes):
     given = chat_in(redis, "guest:first", lifetimes)
     moved = [chat_in(redis, "guest:later", lifetimes) for _ in range(3)]
-    conversations.give_conversation(redis, given, "guest:first", "user:u1", lifetimes)
+    assert redeemed_by(redis, given, "user:u1", lifetimes) == given
     assert conversations.move_conversations(redis, "guest:later", "user:u1") == 3
     listed = {c.id for c in conversations.list_conversations(redis, "user:u1")}
     assert listed == {given, *moved}
     assert conversations.list_conversations(redis, "guest:first") == []
     assert conversations.list_conversations(redis, "guest:later") == []
+    assert listing.count_states(redis) == {"active": 4, "parked": 0, "expired": 0}
+    assert redis.hget(keys.DEADLINES_OWNERS, given) == "user:u1"
     # An old owner's index entry whose removal was lost lists nothing it no longer owns.
     redis.zadd(keys.owner_conversations("guest:first"), {given: time.time()})
     assert conversations.list_conversations(redis, "guest:first") == []
 
 
-def test_giving_a_conversation_that_changed_hands_moves_no_index_entry(redis, lifetimes):
+def test_a_code_for_a_conversation_that_changed_hands_moves_no_index_entry(redis, lifetimes):
     conversation_id = chat_in(redis, "guest:now", lifetimes)
-    conversations.give_conversation(redis, conversation_id, "guest:before", "user:u2", lifetimes)
+    # The code says the conversation was guest:before's: it changed hands since it was issued.
+    redeemed_by(redis, conversation_id, "user:u2", lifetimes, code_owner="guest:before")
     assert conversations.get_conversation(redis, conversation_id).owner == "guest:now"
     assert [c.id for c in conversations.list_conversations(redis, "guest:now")] == [conversation_id]
     assert conversations.list_conversations(redis, "user:u2") == []

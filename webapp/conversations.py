@@ -319,24 +319,6 @@ def list_conversations(r: redis.Redis, owner: str, limit: int = 100) -> list[Con
     ]
 
 
-def give_conversation(
-    r: redis.Redis, conversation_id: str, from_owner: str, to_owner: str, lifetimes: Lifetimes
-) -> None:
-    """Give one live conversation to another owner (a guest's resume code redeemed in
-    another browser). The owner indexes follow in a second round trip, only if it changed
-    hands: an index never lists a conversation its owner does not own (the indexes are
-    under other hash tags, so on a cluster the two steps could not be one anyway)."""
-    changed = CHANGE_OWNER.run(r, [keys.conversation_meta(conversation_id)], [from_owner, to_owner])
-    if not changed:
-        return
-
-    def move_entry(pipe):
-        pipe.zrem(keys.owner_conversations(from_owner), conversation_id)
-        queue_indexes(pipe, to_owner, conversation_id, lifetimes, deadlines.MOVED)
-
-    execute_pipeline(r, move_entry)
-
-
 def move_conversations(r: redis.Redis, from_owner: str, to_owner: str) -> int:
     """Give every live conversation of ``from_owner`` to ``to_owner`` (a guest's, on logging
     in). Returns how many moved. Their resume codes are retired: a guest's code is a bearer

@@ -172,8 +172,9 @@ def count_resume_code_issued(r: redis.Redis) -> None:
     _count(r, {_field(RESUME_CODES_ISSUED): 1})
 
 
-def count_resume_code_redeemed(r: redis.Redis) -> None:
-    _count(r, {_field(RESUME_CODES_REDEEMED): 1})
+def queue_resume_code_redeemed(pipe) -> None:
+    """Count a redeemed code in the round trip that settles its redemption."""
+    pipe.hincrby(keys.METRICS_COUNTERS, _field(RESUME_CODES_REDEEMED), 1)
 
 
 def count_catch_up(r: redis.Redis, outcome: str, tokens: int, replaced_tokens: int) -> None:

@@ -20,6 +20,10 @@ def of_guest(guest_id: str) -> str:
     return f"{GUEST}:{guest_id}"
 
 
+ACCOUNT_PREFIX = of_user("")
+"""How every account's owner string begins (for a script that tells accounts apart)."""
+
+
 def _parts(owner: str) -> tuple[str, str]:
     kind, _, ident = owner.partition(":")
     return kind, ident

@@ -99,7 +99,12 @@ def reserve_slots(
 
 def give_back_slot(r: redis.Redis, slot: Slot) -> None:
     """Return a slot that turned out not to be needed (the attempt did not count)."""
-    GIVE_BACK_SLOT.run(r, slot.window_keys, slot.windows_began)
+    execute_pipeline(r, lambda pipe: queue_give_back_slot(pipe, slot))
+
+
+def queue_give_back_slot(pipe, slot: Slot) -> None:
+    """Queue the return of ``slot`` (see give_back_slot), in another write's round trip."""
+    GIVE_BACK_SLOT.queue(pipe, slot.window_keys, slot.windows_began)
 
 
 def queue_slots_taken(pipe, window: Window, scope: str, client: str) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import redis
 
 from webapp import deadlines, metrics, owners, rate_limits
-from webapp.conversations import Conversation, Lifetimes, give_conversation, queue_indexes
+from webapp.conversations import Conversation, Lifetimes, queue_indexes
 from webapp.storage import keys
 from webapp.storage.scripts import (
     PARK_SESSION,
@@ -144,56 +144,69 @@ def look_up(secret: str, entry: str) -> str:
     return keyed_hash(secret, code)
 
 
-def owner_of(r: redis.Redis, digest: str) -> str:
-    """The owner of the conversation a code is for; CodeRefused(UNKNOWN) if there is none."""
-    owner = r.hget(keys.resume_code(digest), "owner")
-    if owner is None:
-        raise CodeRefused(UNKNOWN)
-    return owner
+def redeem_for(
+    r: redis.Redis,
+    digest: str,
+    visitor: str,
+    lifetimes: Lifetimes,
+    slot: rate_limits.Slot | None = None,
+) -> str:
+    """Use the code once for ``visitor`` (an owner): its parked session comes back whole.
+    An account's code works only for that account (LoginNeeded for a guest); a guest's for
+    anyone, whose conversation it then becomes. Returns the conversation id; CodeRefused
+    (USED, EXPIRED, UNKNOWN, WRONG_ACCOUNT) otherwise, counted by its reason. ``slot``, the
+    failed entry's slot taken for it, is given back in the last round trip of a success.
 
-
-def redeem(r: redis.Redis, digest: str, lifetimes: Lifetimes) -> str:
-    """Use the code once: its parked session comes back whole. Returns the conversation id;
-    CodeRefused(USED, EXPIRED or UNKNOWN) otherwise."""
-    answer = REDEEM_CODE_ONCE.run(r, [keys.resume_code(digest)])
-    if answer[0] != "ok":
-        raise CodeRefused(answer[0])
-    _, conversation_id, owner = answer
-
-    def resume(pipe):
-        RESUME_PARKED_SESSION.queue(
-            pipe,
-            keys.conversation_keys(conversation_id),
-            [digest, lifetimes.session_idle, lifetimes.session_max, lifetimes.transcript_retention],
-        )
-        queue_indexes(pipe, owner, conversation_id, lifetimes, deadlines.RESTARTED, activity=False)
-
-    resumed, *_ = execute_pipeline(r, resume)
-    if resumed == -1:
-        raise CodeRefused(EXPIRED)  # the parked session ended with the code's last second
-    if not resumed:
-        raise CodeRefused(USED)  # withdrawn: the user carried on, or a newer code was issued
-    return conversation_id
-
-
-def redeem_for(r: redis.Redis, digest: str, visitor: str, lifetimes: Lifetimes) -> str:
-    """Redeem the code for ``visitor`` (an owner): an account's code only for that account
-    (LoginNeeded for a guest), a guest's for anyone, whose conversation it then becomes.
-    Returns the conversation id; CodeRefused otherwise, counted by its reason."""
+    Three round trips: the code is consumed, the session resumed and the conversation given
+    to the visitor, its index entries moved (a step that needs the one before it to have
+    happened: an index never lists a conversation its owner does not own)."""
     try:
-        owner = owner_of(r, digest)
-        if owners.is_account(owner) and visitor != owner:
+        answer = REDEEM_CODE_ONCE.run(
+            r, [keys.resume_code(digest)], [visitor, owners.ACCOUNT_PREFIX]
+        )
+        if answer[0] == "account":
             if not owners.is_account(visitor):
                 raise LoginNeeded(digest)
             raise CodeRefused(WRONG_ACCOUNT)
-        conversation_id = redeem(r, digest, lifetimes)
+        if answer[0] != "ok":
+            raise CodeRefused(answer[0])
+        _, conversation_id, owner = answer
+
+        def resume(pipe):
+            RESUME_PARKED_SESSION.queue(
+                pipe,
+                keys.conversation_keys(conversation_id),
+                [
+                    digest,
+                    lifetimes.session_idle,
+                    lifetimes.session_max,
+                    lifetimes.transcript_retention,
+                    owner,
+                    visitor,
+                ],
+            )
+            queue_indexes(
+                pipe, owner, conversation_id, lifetimes, deadlines.RESTARTED, activity=False
+            )
+
+        (resumed, moved), *_ = execute_pipeline(r, resume)
+        if resumed == -1:
+            raise CodeRefused(EXPIRED)  # the parked session ended with the code's last second
+        if not resumed:
+            raise CodeRefused(USED)  # withdrawn: the user carried on, or a newer code came
     except CodeRefused as refused:
         metrics.count_resume_failure(r, refused.reason)
         raise
-    if owner != visitor:
-        # A guest's code is the guest's key: the conversation joins this browser (or account).
-        give_conversation(r, conversation_id, owner, visitor, lifetimes)
-    metrics.count_resume_code_redeemed(r)
+
+    def settle(pipe):
+        if moved:  # a guest's code is the guest's key: the conversation joins this visitor
+            pipe.zrem(keys.owner_conversations(owner), conversation_id)
+            queue_indexes(pipe, visitor, conversation_id, lifetimes, deadlines.MOVED)
+        metrics.queue_resume_code_redeemed(pipe)
+        if slot:
+            rate_limits.queue_give_back_slot(pipe, slot)
+
+    execute_pipeline(r, settle)
     return conversation_id
 
 
@@ -214,9 +227,7 @@ def redeem_entry(
         metrics.count_resume_failure(r, refused.reason)
         raise
     try:
-        conversation_id = redeem_for(r, digest, visitor, lifetimes)
+        return redeem_for(r, digest, visitor, lifetimes, slot)
     except LoginNeeded:
         rate_limits.give_back_slot(r, slot)  # a right code, to be redeemed once logged in
         raise
-    rate_limits.give_back_slot(r, slot)
-    return conversation_id

@@ -34,7 +34,8 @@ second steps, and what happens when one is lost:
   entry leaves the conversation unlisted.
 - A resume code's hash ({code hash}) and the session it parks are two scripts in
   two round trips on one server too: redeeming consumes the code, then resumes
-  the session only if it is parked under that code; issuing writes the code,
+  the session only if it is parked under that code (and gives the conversation
+  to its redeemer in the same script), then moves its index entries; issuing writes the code,
   then parks, then retires the old code. A code left without its session is
   refused (used or expired) and expires with its TTL.
 - Deleting (the owner's Delete, the console's clearing) deletes each
@@ -450,32 +451,43 @@ return replaced
 RESUME_PARKED_SESSION = AtomicScript(
     _CONVERSATION_FUNCTIONS
     + """
--- Brings a parked session back, whole and sliding again, if it is parked under this code.
+-- Brings a parked session back, whole and sliding again, if it is parked under this code,
+-- and gives the conversation to the one who redeemed it if that is another owner.
 -- KEYS[1..8] the conversation
 -- ARGV[1] the code's keyed hash, ARGV[2] session idle seconds, ARGV[3] session max seconds,
--- ARGV[4] retention seconds
--- Returns 1 if resumed, 0 if it is parked under another code or no longer parked, -1 if
--- the session is gone.
-if redis.call('EXISTS', KEYS[SESSION]) == 0 then return -1 end
-if redis.call('HGET', KEYS[SESSION], 'code_hash') ~= ARGV[1] then return 0 end
+-- ARGV[4] retention seconds, ARGV[5] the owner it has, ARGV[6] the owner it gets
+-- Returns {1, 1 if it changed hands else 0} if resumed; {0, 0} if it is parked under
+-- another code or no longer parked; {-1, 0} if the session is gone.
+if redis.call('EXISTS', KEYS[SESSION]) == 0 then return {-1, 0} end
+if redis.call('HGET', KEYS[SESSION], 'code_hash') ~= ARGV[1] then return {0, 0} end
 local now = now_seconds()
 redis.call('HSET', KEYS[SESSION], 'started_at', now)  -- a new stretch of the same session
 slide_session(now, tonumber(ARGV[2]), tonumber(ARGV[3]))
 refresh_transcript(ARGV[4])
-return 1
+if ARGV[6] ~= ARGV[5] and redis.call('HGET', KEYS[META], 'owner') == ARGV[5] then
+  redis.call('HSET', KEYS[META], 'owner', ARGV[6])
+  return {1, 1}
+end
+return {1, 0}
 """
 )
 
 REDEEM_CODE_ONCE = AtomicScript(
     """
--- Consumes a resume code exactly once, within its lifetime.
+-- Consumes a resume code exactly once, within its lifetime, for one it may go to: an
+-- account's code goes to that account only.
 -- KEYS[1] the code's hash
--- Returns {"ok", conversation id, owner} or {reason}: "unknown", "used", "expired".
+-- ARGV[1] who redeems it (an owner), ARGV[2] how every account's owner string begins
+-- Returns {"ok", conversation id, owner}; {"account", owner} when it is another account's
+-- (nothing consumed); or {reason}: "unknown", "used", "expired".
 local now = tonumber(redis.call('TIME')[1])
 local code = redis.call('HGETALL', KEYS[1])
 if #code == 0 then return {'unknown'} end
 local fields = {}
 for i = 1, #code, 2 do fields[code[i]] = code[i + 1] end
+if fields.owner ~= ARGV[1] and string.sub(fields.owner, 1, #ARGV[2]) == ARGV[2] then
+  return {'account', fields.owner}
+end
 if tonumber(fields.expires_at) <= now then return {'expired'} end
 if fields.used_at then return {'used'} end
 redis.call('HSET', KEYS[1], 'used_at', now)
