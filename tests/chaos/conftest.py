@@ -229,6 +229,85 @@ def assert_ledger_stored(r: redis.Redis, ledger: Ledger) -> None:
         assert not unknown, f"conversation {conversation_id} stores messages never sent: {unknown}"
 
 
+class Senders:
+    """Guests who keep sending messages through an outage, in a Crowd: each loads the form
+    and sends it, and until it is acknowledged sends the same form again (a user pressing
+    Send again, the page keeping the text), whatever the answer. Every answer is kept, and
+    every acknowledged message is in the ledger."""
+
+    EXPECTED = {"GET": {200, 503}, "POST": {302, 409, 503}}
+    """What a request may be answered during an outage: 409 while the previous reply is
+    being written, 503 (the right-back page) while Redis cannot take it."""
+
+    def __init__(self, base_url: str, count: int, pause: float) -> None:
+        self.guests = [Guest(base_url) for _ in range(count)]
+        self.pause = pause
+        self.ledger = Ledger()
+        self.acknowledged_by = [0] * count
+        self._answers: list[tuple[int, Answer]] = []
+        self._lock = threading.Lock()
+
+    def crowd(self) -> "Crowd":
+        return Crowd(self._send, len(self.guests))
+
+    def answers(self) -> list[Answer]:
+        with self._lock:
+            return [answer for _, answer in self._answers]
+
+    def _keep(self, number: int, answer: Answer) -> Answer:
+        with self._lock:
+            self._answers.append((number, answer))
+        return answer
+
+    def _send(self, number: int, stop: threading.Event) -> None:
+        guest = self.guests[number]
+        conversation_id = None
+        count = 0
+        while not stop.is_set():
+            page_path, action = send_path(conversation_id)
+            page = self._keep(number, guest.request(page_path))
+            if page.status != 200:
+                stop.wait(self.pause)
+                continue
+            fields = page.form_fields()
+            text = f"Writer {number}, message {count}"
+            self.ledger.attempt(fields["message_id"])
+            while not stop.is_set():
+                answer = self._keep(number, guest.request(action, {**fields, "text": text}))
+                if answer.status == 302:
+                    conversation_id = answer.location.rsplit("/", 1)[-1]
+                    self.ledger.acknowledge(Sent(conversation_id, fields["message_id"], text))
+                    self.acknowledged_by[number] += 1
+                    count += 1
+                    break
+                stop.wait(self.pause)
+
+    def all_refused_since(self, moment: float) -> bool:
+        """Whether every sender was refused (503) since ``moment``, a send among them."""
+        with self._lock:
+            refused = [(n, a) for n, a in self._answers if a.status == 503 and a.sent_at >= moment]
+        return len({n for n, _ in refused}) == len(self.guests) and any(
+            a.method == "POST" for _, a in refused
+        )
+
+    def each_acknowledged_more(self, before: list[int], more: int) -> bool:
+        """Whether every sender has had ``more`` messages acknowledged since ``before``."""
+        return all(
+            now - then >= more for now, then in zip(self.acknowledged_by, before, strict=True)
+        )
+
+    def refusals(self) -> list[Answer]:
+        """The answers refused with 503, once every answer is checked as EXPECTED and each
+        refusal is the right-back page."""
+        answered = self.answers()
+        unexpected = [a for a in answered if a.status not in self.EXPECTED[a.method]]
+        assert not unexpected, "\n".join(map(str, unexpected))
+        refused = [a for a in answered if a.status == 503]
+        wrong = [a for a in refused if not a.right_back]
+        assert not wrong, "\n".join(map(str, wrong))
+        return refused
+
+
 class Crowd:
     """``size`` threads each running ``act(number, stop)`` until ``stop`` is set; what they
     raise is kept in ``errors`` for the test to fail with."""

@@ -5,22 +5,12 @@ them, when the old primary, started again as a process manager would, has been m
 replica of the new one. Nothing acknowledged before, during or after is lost, and every
 request that met the failover got the 503 page."""
 
-import threading
 import time
 
 import pytest
 
 from tests.app_server import serving
-from tests.chaos.conftest import (
-    RUN_SETTINGS,
-    Answer,
-    Crowd,
-    Guest,
-    Ledger,
-    Sent,
-    assert_ledger_stored,
-    send_path,
-)
+from tests.chaos.conftest import RUN_SETTINGS, Guest, Senders, assert_ledger_stored
 from tests.chaos.test_redis_outage import worker_pids
 from tests.sentinel_server import MASTER_NAME, LocalSentinel
 from webapp.storage import connect
@@ -71,70 +61,25 @@ def test_kill_9_of_the_primary_fails_over_and_loses_no_acknowledged_message(
         reader_page = first.location
         reader.wait_until_written(reader_page.rsplit("/", 1)[-1])
 
-        guests = [Guest(app.url) for _ in range(WRITERS)]
-        ledger = Ledger()
-        answers: list[tuple[int, Answer]] = []
-        """(writer, answer), for every request the writers sent."""
-        acknowledged_by = [0] * WRITERS
-        lock = threading.Lock()
-
-        def keep(number: int, answer: Answer) -> Answer:
-            with lock:
-                answers.append((number, answer))
-            return answer
-
-        def write(number: int, stop) -> None:
-            """Load the form and send it; until it is acknowledged, send the same form
-            again (a user pressing Send again), whatever the answer."""
-            guest = guests[number]
-            conversation_id = None
-            count = 0
-            while not stop.is_set():
-                page_path, action = send_path(conversation_id)
-                page = keep(number, guest.request(page_path))
-                if page.status != 200:
-                    stop.wait(RESEND_PAUSE_SECONDS)
-                    continue
-                fields = page.form_fields()
-                text = f"Writer {number}, message {count}"
-                ledger.attempt(fields["message_id"])
-                while not stop.is_set():
-                    answer = keep(number, guest.request(action, {**fields, "text": text}))
-                    if answer.status == 302:
-                        conversation_id = answer.location.rsplit("/", 1)[-1]
-                        ledger.acknowledge(Sent(conversation_id, fields["message_id"], text))
-                        acknowledged_by[number] += 1
-                        count += 1
-                        break
-                    # 409 while the previous reply is being written; 503 while no primary
-                    # answers, or no replica confirms.
-                    stop.wait(RESEND_PAUSE_SECONDS)
-
+        senders = Senders(app.url, WRITERS, RESEND_PAUSE_SECONDS)
         # The scripts are loaded on the primary only: the new one will answer NOSCRIPT first.
         replica = group.node_client(1 - group.primary())
         assert not any(replica.script_exists(*(script.sha for script in ALL_SCRIPTS)))
 
-        with Crowd(write, WRITERS) as crowd:
+        with senders.crowd() as crowd:
             crowd.wait_for(
-                lambda: len(ledger.acknowledged) >= ACKNOWLEDGED_BEFORE_KILL,
+                lambda: len(senders.ledger.acknowledged) >= ACKNOWLEDGED_BEFORE_KILL,
                 f"{ACKNOWLEDGED_BEFORE_KILL} messages acknowledged",
                 TIMEOUT_SECONDS,
             )
             killing_at = time.monotonic()
             killed = group.kill_primary()
             killed_at = time.monotonic()
-
-            def met_the_kill() -> bool:
-                """Every writer was refused since the kill, and some message was."""
-                with lock:
-                    refused = [
-                        (n, a) for n, a in answers if a.status == 503 and a.sent_at >= killed_at
-                    ]
-                return len({n for n, _ in refused}) == WRITERS and any(
-                    a.method == "POST" for _, a in refused
-                )
-
-            crowd.wait_for(met_the_kill, "every writer to meet the kill", TIMEOUT_SECONDS)
+            crowd.wait_for(
+                lambda: senders.all_refused_since(killed_at),
+                "every writer to meet the kill",
+                TIMEOUT_SECONDS,
+            )
             promoted = group.wait_for_failover(killed, TIMEOUT_SECONDS)
             failed_over_at = time.monotonic()
 
@@ -151,12 +96,9 @@ def test_kill_9_of_the_primary_fails_over_and_loses_no_acknowledged_message(
             restarted_at = time.monotonic()
             group.wait_for_replica(killed, TIMEOUT_SECONDS)
             rejoined_at = time.monotonic()
-            before_rejoin = list(acknowledged_by)
+            before_rejoin = list(senders.acknowledged_by)
             crowd.wait_for(
-                lambda: all(
-                    now - before >= ACKNOWLEDGED_AFTER_REJOIN
-                    for now, before in zip(acknowledged_by, before_rejoin, strict=True)
-                ),
+                lambda: senders.each_acknowledged_more(before_rejoin, ACKNOWLEDGED_AFTER_REJOIN),
                 f"every writer to get {ACKNOWLEDGED_AFTER_REJOIN} more messages acknowledged",
                 TIMEOUT_SECONDS,
             )
@@ -171,16 +113,11 @@ def test_kill_9_of_the_primary_fails_over_and_loses_no_acknowledged_message(
     # No acknowledged message was lost, or stored twice, on the new primary.
     assert group.primary() == promoted
     r = connect(None, sentinels=group.addresses, sentinel_master=MASTER_NAME)
+    ledger = senders.ledger
     assert_ledger_stored(r, ledger)
 
-    answered = [answer for _, answer in answers]
-    expected = {"GET": {200, 503}, "POST": {302, 409, 503}}
-    unexpected = [a for a in answered if a.status not in expected[a.method]]
-    assert not unexpected, "\n".join(map(str, unexpected))
-    refused = [a for a in answered if a.status == 503]
-    assert all(a.right_back for a in refused), "\n".join(
-        str(a) for a in refused if not a.right_back
-    )
+    answered = senders.answers()
+    refused = senders.refusals()
     # Every page that was refused met the failover: answered after the kill began, sent
     # before the old primary was a replica again (plus the allowance). A send may be refused
     # at any time by design, should the replica be slower to confirm than REPLICA_WAIT_MS.
