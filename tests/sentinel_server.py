@@ -23,8 +23,10 @@ MASTER_NAME = "mymaster"
 """The name the sentinels monitor the primary under."""
 SENTINELS = 3
 QUORUM = 2
-DOWN_AFTER_MS = 1000
-"""How long the primary may not answer before a sentinel deems it down."""
+DOWN_AFTER_MS = 3000
+"""How long the primary may not answer before a sentinel deems it down. Not shorter: on a
+busy machine a replica just promoted can take a second to answer a sentinel that only then
+began to watch it, which would fail it over again, back to a restarted old primary."""
 FAILOVER_TIMEOUT_MS = 3000
 """Also how soon a failover that stalled is tried again (twice this)."""
 START_TIMEOUT_SECONDS = 30

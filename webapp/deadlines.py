@@ -5,8 +5,8 @@ Redis expires a conversation's keys by their TTLs, which no one can list by time
 write that moves a deadline also writes it into a sorted set scored by that deadline, in
 the same round trip (see MIRROR_DEADLINES). Then:
 
-- the counts by state are three ZCOUNTs of the members whose deadline is still ahead
-  (``count_states``), exact as the clock moves, with no sweep needed for them to drop;
+- the counts by state come from three ZCOUNTs of the members whose deadline is still
+  ahead (``count_live``), exact as the clock moves, with no sweep needed for them to drop;
 - the sweep (``sweep``) reads only the members whose deadline has passed, checks each
   against the conversation's own keys, settles what ended (an expiry counted once, an
   index entry of a conversation gone removed) and corrects what the mirror had wrong;

@@ -43,17 +43,22 @@ def _parse_command(buffer: bytes, start: int) -> tuple[list[bytes], int] | None:
 
 
 class FlakyProxy:
-    """Relays clients to a Redis server; every ``drop_every``-th ``command`` it sees is
-    forwarded, and once the server starts answering, both connections are closed instead
-    of relaying the answer: the command ran, but the client never hears so.
+    """Relays clients to a Redis server; every ``drop_every``-th ``command`` it sees (of
+    ``script`` only, if given) is forwarded, and once the server starts answering, both
+    connections are closed instead of relaying the answer: the command ran, but the client
+    never hears so.
 
     Clients must wait for each reply before sending more (as redis-py does), so that the
     first bytes back after the chosen command belong to it.
     """
 
-    def __init__(self, upstream_port: int, command: bytes, drop_every: int) -> None:
+    def __init__(
+        self, upstream_port: int, command: bytes, drop_every: int, script: str | None = None
+    ) -> None:
         self.upstream_port = upstream_port
         self.command = command.upper()
+        self.script = script.encode() if script else None
+        """With EVALSHA, the SHA of the one script whose calls count (None: every script's)."""
         self.drop_every = drop_every
         self.seen: list[list[bytes]] = []
         """Every ``command`` sent to the server, with its arguments, in arrival order."""
@@ -95,7 +100,7 @@ class FlakyProxy:
 
     def _chosen_for_drop(self, command: list[bytes]) -> bool:
         """Record a command and tell whether its connection is the one to cut."""
-        if command[0].upper() != self.command:
+        if command[0].upper() != self.command or (self.script and command[1] != self.script):
             return False
         with self._lock:
             self.seen.append(command)

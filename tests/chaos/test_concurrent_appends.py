@@ -20,7 +20,7 @@ from webapp.conversations import (
     read_messages,
 )
 from webapp.storage import connect, keys
-from webapp.storage.scripts import ALL_SCRIPTS
+from webapp.storage.scripts import ALL_SCRIPTS, APPEND_MESSAGE_AND_TOUCH
 
 OWNER = "guest:concurrency"
 JOIN_TIMEOUT_SECONDS = 60
@@ -313,7 +313,9 @@ def test_appends_retried_after_dropped_replies_are_stored_once(
         if not append_message_and_touch(client, conversation_id, OWNER, message, lifetimes):
             already_stored.append(message.id)
 
-    with FlakyProxy(redis_server.port, b"EVALSHA", drop_every=DROP_EVERY) as proxy:
+    with FlakyProxy(
+        redis_server.port, b"EVALSHA", drop_every=DROP_EVERY, script=APPEND_MESSAGE_AND_TOUCH.sha
+    ) as proxy:
         sent, gave_up = write_through_proxy(proxy, append)
 
     total = PROXIED_WRITERS * PROXIED_MESSAGES_PER_WRITER

@@ -5,9 +5,9 @@ import time
 
 from tests.chaos.flaky_proxy import FlakyProxy
 from webapp import runs
-from webapp.conversations import Message, create_conversation, new_id, save_draft
+from webapp.conversations import Message, create_conversation, new_id
 from webapp.storage import connect, keys
-from webapp.storage.scripts import ALL_SCRIPTS
+from webapp.storage.scripts import ALL_SCRIPTS, START_RUN
 
 SETTINGS = runs.RunSettings(
     max_events=100,
@@ -31,11 +31,15 @@ def conversation(r, lifetimes) -> str:
 
 def test_a_run_whose_start_answer_was_lost_is_started_once(real_redis, redis_server, lifetimes):
     conversation_id = conversation(real_redis, lifetimes)
+    another = create_conversation(real_redis, "guest:runs", lifetimes)
     with (
-        FlakyProxy(redis_server.port, b"EVALSHA", drop_every=2) as proxy,
+        FlakyProxy(redis_server.port, b"EVALSHA", drop_every=2, script=START_RUN.sha) as proxy,
         connect(proxy.url) as client,
     ):
-        save_draft(client, conversation_id, "hi")  # the first EVALSHA goes through
+        # The first START_RUN goes through; the second is cut after it ran.
+        runs.start_run(
+            client, another, "guest:runs", lifetimes, SETTINGS, user_message=user_message("hi")
+        )
         run = runs.start_run(
             client,
             conversation_id,
