@@ -8,12 +8,15 @@ from collections import Counter
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
 
+from tests.test_lifecycle import INDEX_WRITES, LIFETIMES, OWNER, write_to
 from webapp import cli, conversations, deadlines, deletion, lifecycle, resume_codes
 from webapp.admin import listing
 from webapp.conversations import Lifetimes
 from webapp.llm.offline import OfflineProvider
 from webapp.storage import keys
+from webapp.storage.scan import scan_page
 
 SECRET = "deadlines-secret"
 SHORT = Lifetimes(session_idle=1, session_max=60, transcript_retention=3)
@@ -167,3 +170,46 @@ def test_repair_mirrors_everything_afresh_and_forgets_what_is_gone(
     )
     assert real_redis.zscore(keys.DEADLINES_CONVERSATIONS, made[2]) is None
     assert set(real_redis.hkeys(keys.DEADLINES_OWNERS)) == set(made) - {made[2]}
+
+
+def assert_mirrored(r, conversation_id: str) -> None:
+    """Each deadline of the conversation is mirrored as its keys have it (to a second: a
+    new session's expires_at is stored in whole seconds)."""
+    now = time.time()
+    meta = keys.conversation_meta(conversation_id)
+    assert r.zscore(keys.DEADLINES_CONVERSATIONS, conversation_id) == pytest.approx(
+        r.pexpiretime(meta) / 1000, abs=1.5
+    )
+    assert r.hget(keys.DEADLINES_OWNERS, conversation_id) == r.hget(meta, "owner")
+    expires_at, parked_until = r.hmget(
+        keys.conversation_session(conversation_id), "expires_at", "parked_until"
+    )
+    mirrored = r.zscore(keys.DEADLINES_SESSIONS, conversation_id)
+    if expires_at is None:
+        assert mirrored is None or mirrored <= now
+    else:
+        assert mirrored == pytest.approx(float(expires_at), abs=1.5)
+    parked = r.zscore(keys.DEADLINES_PARKED, conversation_id)
+    if float(parked_until or 0) > now:
+        assert parked == pytest.approx(float(parked_until), abs=1.5)
+    else:
+        assert parked is None or parked <= now
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(sequence=INDEX_WRITES)
+def test_property_every_deadline_is_mirrored_after_any_writes(real_redis, sequence):
+    real_redis.flushdb()
+    provider = OfflineProvider()
+    made = [conversations.create_conversation(real_redis, OWNER, LIFETIMES)]
+    for step, which in sequence:
+        if step == "create":
+            made.append(conversations.create_conversation(real_redis, OWNER, LIFETIMES))
+        else:
+            write_to(real_redis, provider, made[which % len(made)], step)
+    _, found = scan_page(real_redis, 0, match=keys.CONVERSATION_META_PATTERN, count=10_000)
+    for conversation_id in (keys.conversation_id_of(key) for key in found):  # forks too
+        assert_mirrored(real_redis, conversation_id)
+    assert listing.count_states(real_redis) == truth(real_redis)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import expiry
 from tests.fake_anthropic import Status
 from tests.test_runs import SETTINGS as TEST_RUN_SETTINGS
 from webapp import conversations, deadlines, lifecycle, resume_codes, runs
@@ -321,7 +322,7 @@ def test_property_every_key_has_its_lifetime_after_any_writes(redis, sequence):
     for step in sequence:
         session_alive = redis.exists(keys.conversation_session(conversation_id))
         if step == "expire_and_catch_up":
-            redis.delete(keys.conversation_session(conversation_id))  # what expiry does
+            expiry.end_session(redis, conversation_id)
             lifecycle.catch_up(
                 redis,
                 provider,
@@ -396,7 +397,7 @@ def write_to(redis, provider, conversation_id, step):
         digest = resume_codes.look_up("secret", issued.code)
         resume_codes.redeem_for(redis, digest, OWNER, LIFETIMES)
     elif step == "catch_up":
-        redis.delete(keys.conversation_session(conversation_id))  # what expiry does
+        expiry.end_session(redis, conversation_id)
         lifecycle.catch_up(redis, provider, conversation_id, OWNER, LIFETIMES, 10_000)
     elif step == "fork" and conversation.message_count:
         conversations.fork_conversation(redis, conversation_id, OWNER, 0, LIFETIMES)

@@ -812,8 +812,14 @@ end
 if tonumber(redis.call('ZSCORE', KEYS[1], id) or '0') <= now then return 0 end
 redis.call('HSET', KEYS[2], id, ARGV[2])
 if write == 'moved' then return 1 end
+-- A refresh gives the transcript the retention from now (which may be sooner than a parking
+-- had kept it); parking keeps it at least as long as the parking.
 local keep = write == 'parked' and tonumber(ARGV[7]) or retention
-redis.call('ZADD', KEYS[1], 'GT', now + keep, id)
+if write == 'parked' then
+  redis.call('ZADD', KEYS[1], 'GT', now + keep, id)
+else
+  redis.call('ZADD', KEYS[1], now + keep, id)
+end
 local live = tonumber(redis.call('ZSCORE', KEYS[3], id) or '0') > now
 if write == 'started' and not live then
   begin_session()
