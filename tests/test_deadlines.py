@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 
-from tests.test_lifecycle import INDEX_WRITES, LIFETIMES, OWNER, write_to
+from tests.test_lifecycle import INDEX_WRITES, apply_writes
 from webapp import cli, conversations, deadlines, deletion, lifecycle, resume_codes
 from webapp.admin import listing
 from webapp.conversations import Lifetimes
@@ -201,14 +201,7 @@ def assert_mirrored(r, conversation_id: str) -> None:
 )
 @given(sequence=INDEX_WRITES)
 def test_property_every_deadline_is_mirrored_after_any_writes(real_redis, sequence):
-    real_redis.flushdb()
-    provider = OfflineProvider()
-    made = [conversations.create_conversation(real_redis, OWNER, LIFETIMES)]
-    for step, which in sequence:
-        if step == "create":
-            made.append(conversations.create_conversation(real_redis, OWNER, LIFETIMES))
-        else:
-            write_to(real_redis, provider, made[which % len(made)], step)
+    apply_writes(real_redis, sequence)
     _, found = scan_page(real_redis, 0, match=keys.CONVERSATION_META_PATTERN, count=10_000)
     for conversation_id in (keys.conversation_id_of(key) for key in found):  # forks too
         assert_mirrored(real_redis, conversation_id)

@@ -403,20 +403,27 @@ def write_to(redis, provider, conversation_id, step):
         conversations.fork_conversation(redis, conversation_id, OWNER, 0, LIFETIMES)
 
 
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(sequence=INDEX_WRITES)
-def test_property_the_owner_index_lists_by_activity_and_outlives_its_conversations(redis, sequence):
+def apply_writes(redis, sequence) -> list[str]:
+    """An empty database, then OWNER's conversations made and written to as ``sequence``
+    (of INDEX_WRITES) says; the ids of those it made (forks aside)."""
     redis.flushdb()
     provider = OfflineProvider()
-    index = keys.owner_conversations(OWNER)
     made = [conversations.create_conversation(redis, OWNER, LIFETIMES)]
     for step, which in sequence:
         if step == "create":
             made.append(conversations.create_conversation(redis, OWNER, LIFETIMES))
         else:
             write_to(redis, provider, made[which % len(made)], step)
+    return made
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(sequence=INDEX_WRITES)
+def test_property_the_owner_index_lists_by_activity_and_outlives_its_conversations(redis, sequence):
+    index = keys.owner_conversations(OWNER)
+    made = apply_writes(redis, sequence)
     listed = redis.zrevrange(index, 0, -1)
     assert set(listed) == set(redis.zrange(index, 0, -1)) >= set(made)
     updated = {cid: float(redis.hget(keys.conversation_meta(cid), "updated_at")) for cid in listed}
