@@ -232,7 +232,13 @@ def _mirror_afresh(r: redis.Redis, ids: list[str], lifetimes: "Lifetimes") -> No
         )
     answers = pipe.execute()
     now = time.time()
-    mirrors: dict[str, dict[str, float]] = {mirror: {} for mirror in keys.DEADLINES}
+    sorted_sets = (
+        keys.DEADLINES_CONVERSATIONS,
+        keys.DEADLINES_SESSIONS,
+        keys.DEADLINES_SESSION_CAPS,
+        keys.DEADLINES_PARKED,
+    )
+    mirrors: dict[str, dict[str, float]] = {mirror: {} for mirror in sorted_sets}
     owners = {}
     for conversation_id, owner, ends_ms, (started_at, expires_at, parked_until) in zip(
         ids, answers[::3], answers[1::3], answers[2::3], strict=True

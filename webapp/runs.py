@@ -34,6 +34,7 @@ from webapp.llm import (
     Usage,
 )
 from webapp.storage import keys
+from webapp.storage.scan import scan_page
 from webapp.storage.scripts import (
     ADD_RUN_CHUNK,
     FINISH_RUN,
@@ -519,15 +520,26 @@ def list_running_again(r: redis.Redis) -> int:
     """List every run marked running in the index of running runs again (SCAN, O(N)): its
     start put it there in a second step that a cluster can lose, and the reaper looks only
     there. Returns how many are running."""
-    running = {}
-    for key in r.scan_iter(match=keys.CONVERSATION_RUN_PATTERN, count=1000, _type="hash"):
-        run_id, status, heartbeat_at = r.hmget(key, "id", "status", "heartbeat_at")
-        if status == "running":
-            member = keys.running_run_member(keys.conversation_id_of(key), run_id)
-            running[member] = float(heartbeat_at)
-    if running:
-        r.zadd(keys.RUNS_RUNNING, running, nx=True)
-    return len(running)
+    listed, cursor = 0, 0
+    while True:
+        cursor, found = scan_page(
+            r, cursor, match=keys.CONVERSATION_RUN_PATTERN, count=1000, _type="hash"
+        )
+        pipe = r.pipeline(transaction=False)
+        for key in found:
+            pipe.hmget(key, "id", "status", "heartbeat_at")
+        running = {
+            keys.running_run_member(keys.conversation_id_of(key), run_id): float(heartbeat_at)
+            for key, (run_id, status, heartbeat_at) in zip(
+                found, pipe.execute() if found else [], strict=True
+            )
+            if status == "running"
+        }
+        if running:
+            r.zadd(keys.RUNS_RUNNING, running, nx=True)
+        listed += len(running)
+        if cursor == 0:
+            return listed
 
 
 def reap_stale_runs(r: redis.Redis, lifetimes: Lifetimes, settings: RunSettings) -> int:

@@ -295,7 +295,8 @@ def walk_conversations(r: redis.Redis) -> Iterator[tuple[str, str, str]]:
 
 def count_states(r: redis.Redis) -> dict[str, int]:
     """Conversations by state, from the deadline mirrors: one round trip, whatever their
-    number (see deadlines)."""
+    number (see deadlines). The rule of lifecycle.state, counted: a live session is
+    active unless parked; a transcript without one is expired."""
     live = deadlines.count_live(r)
     parked = min(live.parked, live.sessions)
     return {

@@ -21,12 +21,14 @@ second steps, and what happens when one is lost:
   its score when it is activity, after the script in the same round trip
   (``conversations.queue_indexes``): if lost, the list's order lags until the
   next write, and the index's TTL is set again by it.
-- Starting a run adds it to the index of running runs: if lost, the sweep lists
-  it again from the run's own hash, so the reaper still interrupts it if its
-  writer is gone. Ending a run removes it; the reaper drops members whose run
+- Starting a run adds it to the index of running runs: if lost, anyone who
+  looks at the conversation ends the run once its heartbeat is stale
+  (``runs.seen_run``), and ``resume-chat repair`` lists it again from the run's
+  own hash for the reaper. Ending a run removes it; the reaper drops members whose run
   has ended or gone.
 - Giving a conversation to another owner moves its index entries only after
-  CHANGE_OWNER said it changed hands; moving a guest's conversations on login
+  its script said it changed hands (RESUME_PARKED_SESSION, when a guest's code
+  is redeemed elsewhere); moving a guest's conversations on login
   changes each owner in its own script, then the indexes (removing only the
   entries moved, so one created meanwhile stays listed). If an index step is
   lost, an old owner's entry is skipped by the list (it checks the owner) and
@@ -35,8 +37,8 @@ second steps, and what happens when one is lost:
 - A resume code's hash ({code hash}) and the session it parks are two scripts in
   two round trips on one server too: redeeming consumes the code, then resumes
   the session only if it is parked under that code (and gives the conversation
-  to its redeemer in the same script), then moves its index entries; issuing writes the code,
-  then parks, then retires the old code. A code left without its session is
+  to its redeemer in the same script), then moves its index entries; issuing
+  writes the code, then parks, then retires the old code. A code left without its session is
   refused (used or expired) and expires with its TTL.
 - Deleting (the owner's Delete, the console's clearing) deletes each
   conversation in one script over its own keys, which answers with the resume
@@ -814,11 +816,11 @@ redis.call('HSET', KEYS[2], id, ARGV[2])
 if write == 'moved' then return 1 end
 -- A refresh gives the transcript the retention from now (which may be sooner than a parking
 -- had kept it); parking keeps it at least as long as the parking.
-local keep = write == 'parked' and tonumber(ARGV[7]) or retention
+local parking = tonumber(ARGV[7])
 if write == 'parked' then
-  redis.call('ZADD', KEYS[1], 'GT', now + keep, id)
+  redis.call('ZADD', KEYS[1], 'GT', now + parking, id)
 else
-  redis.call('ZADD', KEYS[1], now + keep, id)
+  redis.call('ZADD', KEYS[1], now + retention, id)
 end
 local live = tonumber(redis.call('ZSCORE', KEYS[3], id) or '0') > now
 if write == 'started' and not live then
@@ -835,8 +837,8 @@ elseif write == 'slid' and live then
   redis.call('ZADD', KEYS[3], math.min(now + idle, cap), id)
   redis.call('ZREM', KEYS[5], id)
 elseif write == 'parked' and live then
-  redis.call('ZADD', KEYS[3], now + keep, id)
-  redis.call('ZADD', KEYS[5], now + keep, id)
+  redis.call('ZADD', KEYS[3], now + parking, id)
+  redis.call('ZADD', KEYS[5], now + parking, id)
 end
 return 1
 """
