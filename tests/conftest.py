@@ -16,8 +16,14 @@ from tests.limits import OUT_OF_REACH
 from webapp import create_app, runs
 from webapp.conversations import Lifetimes
 from webapp.llm.offline import OfflineProvider
-from webapp.storage import connect
+from webapp.storage import connect, keys
 from webapp.storage.embedded import EmbeddedRedis
+
+
+def stored_keys(r) -> set[str]:
+    """Every key on the server but the lock of the app's own sweep, which its background
+    worker takes at start-up whenever its thread gets to it: what requests have written."""
+    return set(r.scan_iter()) - {keys.SWEEP_LOCK}
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from html import unescape
 
 import pytest
 
+from tests.conftest import stored_keys
 from webapp import conversations
 from webapp.storage import keys
 
@@ -70,8 +71,7 @@ def test_empty_message_is_refused_and_nothing_stored(chat, client, real_redis, t
     response = chat.start(text)
     assert response.status_code == 400
     assert "Type a message before sending." in response.text
-    # Nothing but the lock of the app's own sweep at start-up, if it has run yet.
-    assert set(real_redis.scan_iter()) <= {keys.SWEEP_LOCK}
+    assert stored_keys(real_redis) == set()
 
 
 def test_oversized_message_is_refused_with_the_text_kept(chat, client, real_redis):

@@ -4,7 +4,7 @@ trusted proxies, and CSRF refusal."""
 import pytest
 from flask import request
 
-from tests.conftest import CSRF_FIELD
+from tests.conftest import CSRF_FIELD, stored_keys
 from webapp import accounts
 
 POLICY_DIRECTIVES = {
@@ -141,13 +141,13 @@ def test_without_trusted_proxies_forwarded_headers_change_nothing(make_app):
 
 def test_a_post_without_its_csrf_token_is_refused_and_changes_nothing(client, real_redis):
     token = CSRF_FIELD.search(client.get("/register").text)[1]
-    before = sorted(real_redis.scan_iter())
+    before = stored_keys(real_redis)
     account = {"username": "ada", "password": PASSWORD}
     response = client.post("/register", data=account)
     assert response.status_code == 400
     assert "Nothing was saved" in response.text
     assert accounts.find_user(real_redis, "ada") is None
-    assert sorted(real_redis.scan_iter()) == before
+    assert stored_keys(real_redis) == before
     # The same form with its token is accepted, so the refusal above was the token's doing.
     assert client.post("/register", data={"csrf_token": token, **account}).status_code == 302
     assert accounts.find_user(real_redis, "ada") is not None
