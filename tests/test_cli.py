@@ -79,3 +79,14 @@ def test_the_served_app_believes_no_forwarded_header_without_trusted_proxies(
                 cookies = response.headers.get_all("Set-Cookie")
         assert cookies, "a guest's first visit sets its session cookie"
         assert all(("; Secure" in cookie) is secure for cookie in cookies), (proxies, cookies)
+
+
+def test_each_worker_keeps_what_it_loaded_from_the_garbage_collector(redis_server, tmp_path):
+    """The app, its libraries and the SDK's models, loaded before a worker serves, are
+    frozen (gc.freeze): a full collection walks only what requests made since, so no request
+    waits through a walk of the whole heap."""
+    with serving(redis_server.url, tmp_path, workers=2) as server:
+        output = server.output()
+    frozen = [int(count) for count in re.findall(r"(\d+) objects kept from the garbage", output)]
+    assert len(frozen) == 2, output
+    assert min(frozen) > 10_000, frozen

@@ -1,5 +1,6 @@
 """The ``resume-chat`` command: serve the app, make an admin, repair what a count follows."""
 
+import gc
 import os
 import signal
 
@@ -31,6 +32,7 @@ class GunicornServer(BaseApplication):
 
     def __init__(self, make_app, bind: str, workers: int, threads: int, when_worker_ready) -> None:
         self.make_app = make_app
+        self.when_worker_ready = when_worker_ready
         self.options = {
             "bind": bind,
             "workers": workers,
@@ -44,9 +46,17 @@ class GunicornServer(BaseApplication):
             # configured no header changes the scheme or the address.
             "forwarded_allow_ips": "",
             "secure_scheme_headers": {},
-            "post_worker_init": when_worker_ready,
+            "post_worker_init": self._worker_ready,
         }
         super().__init__()
+
+    def _worker_ready(self, worker) -> None:
+        """What the worker has loaded by now (the app, its libraries, the SDK's models)
+        lives as long as the worker, so it is taken out of the garbage collector's reach: a
+        full collection then walks only what requests made since, about 1 ms instead of 50
+        to 100 ms with the GIL held, a pause every request in the worker waited through."""
+        gc.freeze()
+        self.when_worker_ready(worker)
 
     def load_config(self) -> None:
         for name, value in self.options.items():
@@ -71,7 +81,11 @@ def _when_worker_ready(worker) -> None:
             stop(signum, frame)
 
         signal.signal(signum, handle)
-    worker.log.info("Worker ready (pid: %s)", worker.pid)
+    worker.log.info(
+        "Worker ready (pid: %s; %s objects kept from the garbage collector)",
+        worker.pid,
+        gc.get_freeze_count(),
+    )
 
 
 @main.command()
