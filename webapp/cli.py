@@ -28,7 +28,8 @@ def main() -> None:
 
 class GunicornServer(BaseApplication):
     """Gunicorn as `resume-chat serve` runs it: threaded workers, each with its own app from
-    ``make_app``, and ``when_worker_ready`` called in each worker once it can serve."""
+    ``make_app``, its start-up frozen from the garbage collector, and ``when_worker_ready``
+    called in each worker once it can serve."""
 
     def __init__(self, make_app, bind: str, workers: int, threads: int, when_worker_ready) -> None:
         self.make_app = make_app
