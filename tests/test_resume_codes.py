@@ -290,6 +290,35 @@ def test_a_guests_code_opens_the_conversation_once_in_another_browser(app, chat,
     assert (counters["resume_codes_issued"], counters["resume_codes_redeemed"]) == (1, 1)
 
 
+def test_of_two_entries_that_read_the_code_together_only_the_first_to_use_it_gets_it(
+    app, chat, real_redis
+):
+    """The read of a code uses nothing: resuming the session is what uses it, once. Two
+    browsers whose entries both read the code before either was redeemed: the second is
+    told it was used, and the conversation is the first's alone."""
+    conversation_id = chat.start_conversation("Plan a picnic for six")
+    code = issue_code(chat.client, conversation_id)
+    digest = resume_codes.keyed_hash(TEST_SECRET, normalise(code))
+    read_by_both = real_redis.hgetall(keys.resume_code(digest))
+    lifetimes = conversations.Lifetimes(1800, 86400, 604800)
+
+    first, second = "guest:first-phone", "guest:second-phone"
+    redeemed = resume_codes.redeem_for(real_redis, digest, first, lifetimes, code=read_by_both)
+    assert redeemed == conversation_id
+    try:
+        resume_codes.redeem_for(real_redis, digest, second, lifetimes, code=read_by_both)
+        raise AssertionError("the code was used twice")
+    except resume_codes.CodeRefused as refused:
+        assert refused.reason == resume_codes.USED
+
+    assert conversations.get_conversation(real_redis, conversation_id).owner == first
+    assert real_redis.zrange(keys.owner_conversations(first), 0, -1) == [conversation_id]
+    assert not real_redis.exists(keys.owner_conversations(second))
+    assert real_redis.hget(keys.DEADLINES_OWNERS, conversation_id) == first
+    assert failures(real_redis) == {"used": 1}
+    assert metrics.read_counters(real_redis)["resume_codes_redeemed"] == 1
+
+
 def test_redeeming_brings_the_session_back_whole(app, chat, real_redis):
     conversation_id = chat.start_conversation("I am learning the cello.")
     chat.send(conversation_id, "I practise every evening.")

@@ -3,7 +3,7 @@ taken atomically in every window of a limit before the attempt, and given back w
 attempt turns out not to count."""
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -77,24 +77,43 @@ def reserve_slots(
     """A slot in each of ``limits`` (windows, scope, client), all taken in one round trip
     (each client's windows atomically, under its own hash tag), or None when one is full:
     then the others taken are given back."""
+    return _take_slots(r, limits)[0]
+
+
+def reserve_slot_and_read(
+    r: redis.Redis, windows: Sequence[Window], scope: str, client: str, read: Callable
+) -> tuple[Slot | None, object]:
+    """``reserve_slot``, with ``read`` (which queues one command that changes nothing) sent
+    after it in the same round trip; the slot (None when a window is full) and the read's
+    answer."""
+    slots, (answer,) = _take_slots(r, [(windows, scope, client)], read)
+    return (slots[0] if slots else None), answer
+
+
+def _take_slots(
+    r: redis.Redis, limits: Sequence[tuple[Sequence[Window], str, str]], read=None
+) -> tuple[list[Slot] | None, list]:
     now = int(clock() * 1000)
     requests = [window_request(*limit) for limit in limits]
 
     def queue(pipe):
         for window_keys, args in requests:
             RESERVE_SLOT.queue(pipe, window_keys, [now, *args])
+        if read:
+            read(pipe)
 
     answers = execute_pipeline(r, queue)
     slots = [
         Slot(window_keys, tuple(began))
-        for (window_keys, _), began in zip(requests, answers, strict=True)
+        for (window_keys, _), began in zip(requests, answers, strict=False)
         if began
     ]
+    read_answers = answers[len(requests) :]
     if len(slots) == len(requests):
-        return slots
+        return slots, read_answers
     for slot in slots:
         give_back_slot(r, slot)
-    return None
+    return None, read_answers
 
 
 def give_back_slot(r: redis.Redis, slot: Slot) -> None:

@@ -20,7 +20,6 @@ from webapp.conversations import Conversation, Lifetimes, queue_indexes
 from webapp.storage import keys
 from webapp.storage.scripts import (
     PARK_SESSION,
-    REDEEM_CODE_ONCE,
     RESUME_PARKED_SESSION,
     UPDATE_IF_EXISTS,
     execute_pipeline,
@@ -144,33 +143,50 @@ def look_up(secret: str, entry: str) -> str:
     return keyed_hash(secret, code)
 
 
+def _usable(code: dict[str, str], digest: str, visitor: str) -> tuple[str, str]:
+    """The conversation id and owner of the code ``digest``, read whole (``code``), if
+    ``visitor`` may redeem it now: an account's code only for that account (LoginNeeded for
+    a guest), a guest's for anyone. CodeRefused (UNKNOWN, WRONG_ACCOUNT, EXPIRED, USED)
+    otherwise."""
+    if not code:
+        raise CodeRefused(UNKNOWN)
+    owner = code["owner"]
+    if owner != visitor and owners.is_account(owner):
+        if not owners.is_account(visitor):
+            raise LoginNeeded(digest)
+        raise CodeRefused(WRONG_ACCOUNT)
+    if float(code["expires_at"]) <= time.time():
+        raise CodeRefused(EXPIRED)
+    if "used_at" in code:
+        raise CodeRefused(USED)
+    return code["conversation_id"], owner
+
+
 def redeem_for(
     r: redis.Redis,
     digest: str,
     visitor: str,
     lifetimes: Lifetimes,
     slot: rate_limits.Slot | None = None,
+    code: dict[str, str] | None = None,
 ) -> str:
     """Use the code once for ``visitor`` (an owner): its parked session comes back whole.
     An account's code works only for that account (LoginNeeded for a guest); a guest's for
     anyone, whose conversation it then becomes. Returns the conversation id; CodeRefused
-    (USED, EXPIRED, UNKNOWN, WRONG_ACCOUNT) otherwise, counted by its reason. ``slot``, the
-    failed entry's slot taken for it, is given back in the last round trip of a success.
+    (USED, EXPIRED, UNKNOWN, WRONG_ACCOUNT) otherwise, counted by its reason. ``code`` is
+    the code's hash if already read; ``slot``, the failed entry's slot taken for it, is
+    given back once the code is known to be right.
 
-    Three round trips: the code is consumed, the session resumed and the conversation given
-    to the visitor, its index entries moved (a step that needs the one before it to have
-    happened: an index never lists a conversation its owner does not own)."""
+    Three round trips: the code read (``code``, else here); the session resumed, which is
+    what uses the code exactly once (the session stops being parked under it), and the
+    conversation given to the visitor, the code marked used; then, as the resume says, the
+    index entries moved, the deadlines mirrored and the redemption counted (an index never
+    lists a conversation its owner does not own, and an entry that lost the race to use the
+    code mirrors nothing)."""
     try:
-        answer = REDEEM_CODE_ONCE.run(
-            r, [keys.resume_code(digest)], [visitor, owners.ACCOUNT_PREFIX]
-        )
-        if answer[0] == "account":
-            if not owners.is_account(visitor):
-                raise LoginNeeded(digest)
-            raise CodeRefused(WRONG_ACCOUNT)
-        if answer[0] != "ok":
-            raise CodeRefused(answer[0])
-        _, conversation_id, owner = answer
+        if code is None:
+            code = r.hgetall(keys.resume_code(digest))
+        conversation_id, owner = _usable(code, digest, visitor)
 
         def resume(pipe):
             RESUME_PARKED_SESSION.queue(
@@ -185,15 +201,15 @@ def redeem_for(
                     visitor,
                 ],
             )
-            queue_indexes(
-                pipe, owner, conversation_id, lifetimes, deadlines.RESTARTED, activity=False
-            )
+            UPDATE_IF_EXISTS.queue(pipe, [keys.resume_code(digest)], ["used_at", int(time.time())])
+            if slot:
+                rate_limits.queue_give_back_slot(pipe, slot)  # a right code is no failure
 
         (resumed, moved), *_ = execute_pipeline(r, resume)
         if resumed == -1:
             raise CodeRefused(EXPIRED)  # the parked session ended with the code's last second
         if not resumed:
-            raise CodeRefused(USED)  # withdrawn: the user carried on, or a newer code came
+            raise CodeRefused(USED)  # used meanwhile, or withdrawn: the user carried on
     except CodeRefused as refused:
         metrics.count_resume_failure(r, refused.reason)
         raise
@@ -201,10 +217,12 @@ def redeem_for(
     def settle(pipe):
         if moved:  # a guest's code is the guest's key: the conversation joins this visitor
             pipe.zrem(keys.owner_conversations(owner), conversation_id)
-            queue_indexes(pipe, visitor, conversation_id, lifetimes, deadlines.MOVED)
+            queue_indexes(pipe, visitor, conversation_id, lifetimes, deadlines.RESTARTED)
+        else:
+            queue_indexes(
+                pipe, owner, conversation_id, lifetimes, deadlines.RESTARTED, activity=False
+            )
         metrics.queue_resume_code_redeemed(pipe)
-        if slot:
-            rate_limits.queue_give_back_slot(pipe, slot)
 
     execute_pipeline(r, settle)
     return conversation_id
@@ -214,20 +232,31 @@ def redeem_entry(
     r: redis.Redis, secret: str, entry: str, visitor: str, address: str, lifetimes: Lifetimes
 ) -> str:
     """Redeem a typed code for ``visitor`` (see ``redeem_for``), held to the failed entries
-    allowed from ``address``: each entry takes a failure's slot before its code is looked
-    at, so that entries sent together cannot all pass a check made before any of them is
-    counted (S4); a right code gives it back. CodeRefused(RATE_LIMITED) past the limit."""
-    slot = rate_limits.reserve_slot(r, FAILED_ENTRY_LIMITS, FAILED_ENTRIES, address)
-    if slot is None:
-        metrics.count_resume_failure(r, RATE_LIMITED)
-        raise CodeRefused(RATE_LIMITED)
+    allowed from ``address``: each entry takes a failure's slot before its code can be
+    used, so that entries sent together cannot all pass a check made before any of them is
+    counted (S4); a right code gives it back. The slot is taken in the round trip that reads
+    the code, which uses nothing. CodeRefused(RATE_LIMITED) past the limit."""
     try:
         digest = look_up(secret, entry)
-    except CodeRefused as refused:
-        metrics.count_resume_failure(r, refused.reason)
-        raise
+    except CodeRefused:
+        digest = None  # malformed: a failed entry all the same, once its slot is taken
+
+    if digest is None:
+        slot, code = rate_limits.reserve_slot(r, FAILED_ENTRY_LIMITS, FAILED_ENTRIES, address), {}
+    else:
+        slot, code = rate_limits.reserve_slot_and_read(
+            r,
+            FAILED_ENTRY_LIMITS,
+            FAILED_ENTRIES,
+            address,
+            lambda pipe: pipe.hgetall(keys.resume_code(digest)),
+        )
+    reason = RATE_LIMITED if slot is None else MALFORMED if digest is None else None
+    if reason:
+        metrics.count_resume_failure(r, reason)
+        raise CodeRefused(reason)
     try:
-        return redeem_for(r, digest, visitor, lifetimes, slot)
+        return redeem_for(r, digest, visitor, lifetimes, slot, code)
     except LoginNeeded:
         rate_limits.give_back_slot(r, slot)  # a right code, to be redeemed once logged in
         raise

@@ -454,7 +454,8 @@ RESUME_PARKED_SESSION = AtomicScript(
     _CONVERSATION_FUNCTIONS
     + """
 -- Brings a parked session back, whole and sliding again, if it is parked under this code,
--- and gives the conversation to the one who redeemed it if that is another owner.
+-- and gives the conversation to the one who redeemed it if that is another owner. This is
+-- what uses a code once: the session is no longer parked under it.
 -- KEYS[1..8] the conversation
 -- ARGV[1] the code's keyed hash, ARGV[2] session idle seconds, ARGV[3] session max seconds,
 -- ARGV[4] retention seconds, ARGV[5] the owner it has, ARGV[6] the owner it gets
@@ -471,29 +472,6 @@ if ARGV[6] ~= ARGV[5] and redis.call('HGET', KEYS[META], 'owner') == ARGV[5] the
   return {1, 1}
 end
 return {1, 0}
-"""
-)
-
-REDEEM_CODE_ONCE = AtomicScript(
-    """
--- Consumes a resume code exactly once, within its lifetime, for one it may go to: an
--- account's code goes to that account only.
--- KEYS[1] the code's hash
--- ARGV[1] who redeems it (an owner), ARGV[2] how every account's owner string begins
--- Returns {"ok", conversation id, owner}; {"account", owner} when it is another account's
--- (nothing consumed); or {reason}: "unknown", "used", "expired".
-local now = tonumber(redis.call('TIME')[1])
-local code = redis.call('HGETALL', KEYS[1])
-if #code == 0 then return {'unknown'} end
-local fields = {}
-for i = 1, #code, 2 do fields[code[i]] = code[i + 1] end
-if fields.owner ~= ARGV[1] and string.sub(fields.owner, 1, #ARGV[2]) == ARGV[2] then
-  return {'account', fields.owner}
-end
-if tonumber(fields.expires_at) <= now then return {'expired'} end
-if fields.used_at then return {'used'} end
-redis.call('HSET', KEYS[1], 'used_at', now)
-return {'ok', fields.conversation_id, fields.owner}
 """
 )
 
@@ -887,7 +865,6 @@ ALL_SCRIPTS = (
     SAVE_DRAFT,
     PARK_SESSION,
     RESUME_PARKED_SESSION,
-    REDEEM_CODE_ONCE,
     TOUCH_SESSION,
     DELETE_CONVERSATION,
     CHANGE_OWNER,
