@@ -13,6 +13,8 @@ from redis.connection import parse_url
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from webapp.storage.resp import CommandPacker
+
 # A request fails over to the 503 page within about 1.2 s when Redis is unreachable or
 # hung: two attempts of at most 0.5 s each, with a short backoff between them. There is no
 # periodic health-check PING: it would run its own retries inside each attempt. With
@@ -62,15 +64,17 @@ def connect(
         # The cluster client retries at its own level (refreshing its map of the slots
         # between attempts), so its node connections are given no retries of their own.
         return RedisCluster.from_url(url, decode_responses=True, retry=retry, **timeouts)
-    retries = {
+    # The cluster client accepts no packer of its own: its nodes keep redis-py's.
+    connections = {
         "retry": retry,
         "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+        "command_packer": CommandPacker(),
     }
     if sentinels:
         return _primary_of(
-            sentinels, sentinel_master, url, decode_responses=True, **retries, **timeouts
+            sentinels, sentinel_master, url, decode_responses=True, **connections, **timeouts
         )
-    return redis.Redis.from_url(url, decode_responses=True, **retries, **timeouts)
+    return redis.Redis.from_url(url, decode_responses=True, **connections, **timeouts)
 
 
 def _primary_of(
