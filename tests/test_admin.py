@@ -6,10 +6,9 @@ import time
 from html import unescape
 
 import pytest
-from redis.connection import Connection
 
 from tests import expiry
-from tests.conftest import Chat
+from tests.conftest import Chat, RoundTrips
 from webapp import accounts, conversations, deadlines
 from webapp.conversations import Lifetimes
 from webapp.llm import USAGE_FIELDS
@@ -269,21 +268,6 @@ def test_paging_with_the_cursor_visits_every_conversation_exactly_once(make_app,
     visited = [conversation_id for page in expired_pages for conversation_id in page]
     assert sorted(visited) == sorted(created[::3])
     assert "state=expired" in NEXT_PAGE.search(client.get("/admin?state=expired").text)[1]
-
-
-class RoundTrips:
-    """Counts the Redis round trips of this process: each write of a connection is one (a
-    pipeline is one write of all its commands)."""
-
-    def __init__(self, monkeypatch):
-        self.count = 0
-        send = Connection.send_packed_command
-
-        def counting_send(connection, command, check_health=True):
-            self.count += 1
-            return send(connection, command, check_health)
-
-        monkeypatch.setattr(Connection, "send_packed_command", counting_send)
 
 
 def commands_served(real_redis):

@@ -121,6 +121,9 @@ def test_read_page_returns_the_newest_and_pages_back(redis, lifetimes):
     assert (start, [m.content for m in page]) == (1, ["m1", "m2", "m3"])
     start, page = conversations.read_page(redis, conversation, page_size=3, before=start)
     assert (start, [m.content for m in page]) == (0, ["m0"])
+    assert conversations.read_page(redis, conversation, page_size=3, before=0) == (0, [])
+    start, page = conversations.read_page(redis, conversation, page_size=3, before=99)
+    assert (start, [m.content for m in page]) == (4, ["m4", "m5", "m6"])
 
 
 def test_the_newest_page_has_messages_stored_after_the_conversation_was_read(redis, lifetimes):

@@ -288,20 +288,44 @@ def read_page(
     r: redis.Redis, conversation: Conversation, page_size: int, before: int | None = None
 ) -> tuple[int, list[Message]]:
     """The ``page_size`` messages before index ``before`` (default: the newest), with the
-    index of the first one. The newest page is read as it is now, with messages appended
-    since ``conversation`` was read."""
+    index of the first one, in one round trip (see queue_page)."""
+    pipe = r.pipeline(transaction=True)
+    queue_page(pipe, conversation, page_size, before)
+    return page_of(conversation, page_size, before, *pipe.execute())
+
+
+def queue_page(pipe, conversation: Conversation, page_size: int, before: int | None) -> None:
+    """Queue the read of a page (see read_page) in a transaction, maybe with other reads of
+    the conversation: the message count and the page's messages, whose two answers go to
+    ``page_of``. The newest page is read as it is now, with messages appended since
+    ``conversation`` was read; an older one by ``conversation``'s message count."""
+    messages = keys.conversation_messages(conversation.id)
+    pipe.llen(messages)
     if before is None:
-        pipe = r.pipeline(transaction=True)
-        pipe.llen(keys.conversation_messages(conversation.id))
-        pipe.lrange(keys.conversation_messages(conversation.id), -page_size, -1)
-        count, raw = pipe.execute()
-        return count - len(raw), [Message.from_json(item) for item in raw]
-    count = conversation.message_count
-    end = max(0, min(before, count))
-    start = max(0, end - page_size)
-    if end == start:
-        return start, []
-    return start, read_messages(r, conversation.id, start, end - 1)
+        pipe.lrange(messages, -page_size, -1)
+        return
+    start, end = _older_page(conversation, page_size, before)
+    if end > start:
+        pipe.lrange(messages, start, end - 1)
+    else:
+        pipe.lrange(messages, 1, 0)  # an empty range (its start past its stop): no messages
+
+
+def page_of(
+    conversation: Conversation, page_size: int, before: int | None, count: int, raw: list[str]
+) -> tuple[int, list[Message]]:
+    """The first index and the messages of the page queue_page read (``count``, ``raw``)."""
+    if before is None:
+        first_index = count - len(raw)
+    else:
+        first_index, _ = _older_page(conversation, page_size, before)
+    return first_index, [Message.from_json(item) for item in raw]
+
+
+def _older_page(conversation: Conversation, page_size: int, before: int) -> tuple[int, int]:
+    """The indexes where the page before ``before`` starts and ends (exclusive)."""
+    end = max(0, min(before, conversation.message_count))
+    return max(0, end - page_size), end
 
 
 def list_conversations(r: redis.Redis, owner: str, limit: int = 100) -> list[Conversation]:
@@ -367,8 +391,10 @@ def save_draft(r: redis.Redis, conversation_id: str, text: str) -> bool:
     return bool(SAVE_DRAFT.run(r, draft, [text]))
 
 
-def read_draft(r: redis.Redis, conversation_id: str) -> str:
-    return r.get(keys.conversation_draft(conversation_id)) or ""
+def queue_read_draft(pipe, conversation_id: str) -> None:
+    """Queue the read of the conversation's draft, in another read's round trip (its answer
+    is the draft, or None for none)."""
+    pipe.get(keys.conversation_draft(conversation_id))
 
 
 def fork_conversation(

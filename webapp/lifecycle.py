@@ -73,9 +73,20 @@ class Session:
 
 
 def read_session(r: redis.Redis, conversation_id: str) -> Session | None:
-    """The live session, or None. Expiry is checked here too, not only by Redis' TTL, so a
-    stale session is never used, even on a replica that has not yet expired the key."""
-    fields = r.hgetall(keys.conversation_session(conversation_id))
+    """The live session, or None."""
+    return session_of(r.hgetall(keys.conversation_session(conversation_id)))
+
+
+def queue_read_session(pipe, conversation_id: str) -> None:
+    """Queue the read of the conversation's session, in another read's round trip: its
+    answer goes to ``session_of``."""
+    pipe.hgetall(keys.conversation_session(conversation_id))
+
+
+def session_of(fields: dict[str, str]) -> Session | None:
+    """The live session a session hash holds (``fields``, read whole), or None. Expiry is
+    checked here too, not only by Redis' TTL, so a stale session is never used, even on a
+    replica that has not yet expired the key."""
     if not fields or float(fields["expires_at"]) <= time.time():
         return None
     return Session(

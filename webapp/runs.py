@@ -124,7 +124,17 @@ def _run_keys(conversation_id: str, run_id: str) -> list[str]:
 
 def latest_run(r: redis.Redis, conversation_id: str) -> Run | None:
     """The conversation's latest run, if it has one."""
-    fields = r.hgetall(keys.conversation_run(conversation_id))
+    return run_of(conversation_id, r.hgetall(keys.conversation_run(conversation_id)))
+
+
+def queue_latest_run(pipe, conversation_id: str) -> None:
+    """Queue the read of the conversation's latest run, in another read's round trip: its
+    answer goes to ``run_of``."""
+    pipe.hgetall(keys.conversation_run(conversation_id))
+
+
+def run_of(conversation_id: str, fields: dict[str, str]) -> Run | None:
+    """The run a conversation's run hash holds (``fields``, read whole), if any."""
     if not fields:
         return None
     return Run(
@@ -509,11 +519,17 @@ def seen_run(
     that finishes runs. So a crash shows as interrupted as soon as anyone looks, not when
     the periodic reaper next runs (it stays, for runs nobody looks at)."""
     run = latest_run(r, conversation_id)
-    stale_before = time.time() - settings.stale_seconds
-    if run is None or not run.running or run.heartbeat_at >= stale_before:
+    if not is_stale(run, settings):
         return run
+    stale_before = time.time() - settings.stale_seconds
     finish_run(r, run, INTERRUPTED, lifetimes, settings, stale_before=stale_before)
     return latest_run(r, conversation_id)
+
+
+def is_stale(run: Run | None, settings: RunSettings) -> bool:
+    """``run`` is still marked running, though its heartbeat is older than
+    ``stale_seconds``: its writer died (see seen_run)."""
+    return bool(run and run.running and run.heartbeat_at < time.time() - settings.stale_seconds)
 
 
 def list_running_again(r: redis.Redis) -> int:

@@ -45,15 +45,28 @@ def read_page(
 
     A return to the newest page after the session ended counts once as a failed resume
     (the owner came back too late to carry on without catching up)."""
-    # The run before the messages: a reply that ends in between is among the messages, and
-    # shown as still being written (its watcher then hears of the end at once).
-    run = runs.seen_run(r, conversation.id, lifetimes, run_settings)
-    first_index, messages = conversations.read_page(r, conversation, page_size, before)
+    # One round trip, one snapshot of the conversation's keys. The run is read before the
+    # messages: a reply that ends in between is among the messages, and shown as still
+    # being written (its watcher then hears of the end at once).
+    pipe = r.pipeline(transaction=True)
+    runs.queue_latest_run(pipe, conversation.id)
+    conversations.queue_page(pipe, conversation, page_size, before)
+    lifecycle.queue_read_session(pipe, conversation.id)
+    conversations.queue_read_draft(pipe, conversation.id)
+    run_fields, count, raw, session_fields, draft = pipe.execute()
+    run = runs.run_of(conversation.id, run_fields)
+    if runs.is_stale(run, run_settings):
+        # Its writer died: seen_run ends it as interrupted, its partial text kept in the
+        # messages, which are read again.
+        run = runs.seen_run(r, conversation.id, lifetimes, run_settings)
+        first_index, messages = conversations.read_page(r, conversation, page_size, before)
+    else:
+        first_index, messages = conversations.page_of(conversation, page_size, before, count, raw)
     run_text, run_event_id = runs.run_text(r, run) if run and run.running else ("", "0-0")
     is_latest_page = before is None or before >= conversation.message_count
     if is_latest_page and run and not run.running and conversation.seen_run != run.id:
         conversations.mark_seen(r, conversation.id, run.id)  # once a reply: the list's news
-    session = lifecycle.read_session(r, conversation.id)
+    session = lifecycle.session_of(session_fields)
     if (
         session is None
         and is_latest_page
@@ -71,7 +84,7 @@ def read_page(
         run=run,
         run_text=run_text,
         run_event_id=run_event_id,
-        draft=conversations.read_draft(r, conversation.id),
+        draft=draft or "",
         browser_copy=copy[-lifecycle.COPY_MAX_MESSAGES :],
     )
 
