@@ -100,7 +100,8 @@ def p2_notes(rates: page.Throughput) -> list[str]:
     """How P2 was run, each round, and the CPU each page costs."""
 
     rounds = ", ".join(
-        f"{a.per_second:,.0f}/{b.per_second:,.0f} ({ratio(a.per_second / b.per_second)})"
+        f"{a.per_second:,.0f}/{b.per_second:,.0f} ({ratio(a.per_second / b.per_second)}; CPU "
+        f"{duration(a.cpu_per_request)}/{duration(b.cpu_per_request)})"
         for a, b in zip(rates.app, rates.bare, strict=True)
     )
     app_cpu, bare_cpu = _cpu(rates.app), _cpu(rates.bare)
@@ -113,7 +114,7 @@ def p2_notes(rates: page.Throughput) -> list[str]:
         "The bare page (bench/bare_page.py) reads meta, the messages, "
         "the run, the session and the draft, checks the owner in the same signed cookie, and "
         "renders them escaped: no Markdown, CSRF tokens or fork forms.",
-        f"P2 rounds, app/bare requests/s: {rounds}. Workers' CPU per page: app "
+        f"P2 rounds, app/bare requests/s (workers' CPU per page): {rounds}. Median CPU: app "
         f"{duration(app_cpu)}, bare {duration(bare_cpu)} (×{app_cpu / bare_cpu:.2f}); page "
         f"{rates.app_page_bytes:,} B vs {rates.bare_page_bytes:,} B. p99 under wrk: app "
         f"{duration(statistics.median(r.p99 for r in rates.app))}, bare "
