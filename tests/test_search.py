@@ -110,6 +110,39 @@ def test_newest_activity_first_and_at_most_the_shown_number(engine, lifetimes):
     ]
 
 
+def test_a_common_word_is_settled_by_the_newest_conversations(real_redis, lifetimes):
+    made = [add(real_redis, lifetimes, OWNER, f"wombat fact {n}") for n in range(75)]
+    real_redis.config_resetstat()
+    found = find((real_redis, False), "wombat")
+    looked_at = real_redis.info("commandstats")["cmdstat_evalsha"]["calls"]  # one each
+    assert looked_at == search.FIRST_LOOK
+    assert found.more
+    shown_ids = [result.conversation_id for result in found.results]
+    assert shown_ids == made[::-1][: search.CONVERSATIONS_SHOWN]
+
+
+def test_a_word_in_old_conversations_only_is_found_after_every_newer_one_is_read(
+    real_redis, lifetimes
+):
+    old = [add(real_redis, lifetimes, OWNER, f"echidna fact {n}") for n in range(3)]
+    for n in range(2 * search.FIRST_LOOK):
+        add(real_redis, lifetimes, OWNER, f"nothing to see {n}")
+    found = find((real_redis, False), "echidna")
+    assert [result.conversation_id for result in found.results] == old[::-1]
+    assert not found.more
+
+
+def test_the_newest_are_looked_at_first_by_their_activity_not_their_index_order(engine, lifetimes):
+    r, _ = engine
+    made = [add(r, lifetimes, OWNER, f"numbat fact {n}") for n in range(45)]
+    # The owner's index lists them the other way round (it is scored by its own clock).
+    r.zadd(keys.owner_conversations(OWNER), {cid: -n for n, cid in enumerate(made)})
+    found = find(engine, "numbat")
+    assert [result.conversation_id for result in found.results] == made[::-1][
+        : search.CONVERSATIONS_SHOWN
+    ]
+
+
 def test_hits_are_the_newest_few_of_a_conversation(engine, lifetimes):
     r, _ = engine
     add(r, lifetimes, OWNER, *[f"banjo lesson {n}" for n in range(10)])

@@ -10,8 +10,9 @@ conversation (its owner, title and text, under the conversation's own hash tag) 
 them down; it is brought up to date at each search, only for the conversations that
 changed since they were indexed, and each document expires with its conversation. Anywhere
 else, every conversation of the owner's is looked at. Either way the server looks at the
-candidates' messages (a script per conversation, in one pipeline) and sends back only those
-that may match, which are then matched here.
+candidates' messages (a script per conversation, in one pipeline a look) and sends back only
+those that may match, which are then matched here; the newest are looked at first, and the
+looks stop once more match than are shown.
 """
 
 import re
@@ -237,7 +238,39 @@ def search(r: redis.Redis, owner: str, query: str, page_size: int, use_index: bo
                 raise
             has_search_module(r)  # lost (its data emptied, a new server): made again, filling in
             # the background, so this one search looks at every conversation
-    return _results(_find(r, owner, ids, words), words, page_size)
+    return _newest_matches(r, owner, ids, words, page_size)
+
+
+FIRST_LOOK = 25
+"""Conversations looked at first, the newest: each look after it takes twice as many."""
+
+
+def _newest_matches(
+    r: redis.Redis, owner: str, ids: list[str], words: list[str], page_size: int
+) -> Found:
+    """The results among ``ids``, looked at newest activity first (by their meta's
+    ``updated_at``, as the results are ordered), in looks that double, until more than
+    CONVERSATIONS_SHOWN match or none are left: an older one could not be shown before
+    them, so a common word is settled by the newest few dozen, and a rare one reads all."""
+    order = _newest_first(r, ids)
+    found, looked, size = [], 0, FIRST_LOOK
+    while True:
+        found += _find(r, owner, order[looked : looked + size], words)
+        looked += size
+        results = _results(found, words, page_size)
+        if results.more or looked >= len(order):
+            return results
+        size *= 2
+
+
+def _newest_first(r: redis.Redis, ids: list[str]) -> list[str]:
+    """``ids`` by their conversations' last activity, newest first (one pipeline); one gone
+    last."""
+    pipe = r.pipeline(transaction=False)
+    for conversation_id in ids:
+        pipe.hget(keys.conversation_meta(conversation_id), "updated_at")
+    activity = dict(zip(ids, pipe.execute() if ids else [], strict=True))
+    return sorted(ids, key=lambda conversation_id: -float(activity[conversation_id] or 0))
 
 
 # The search module's side.
