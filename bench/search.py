@@ -136,7 +136,7 @@ def p9_rows(result: Searching) -> list[Row]:
             cost.ratio <= GOAL,
         )
 
-    rows = [row("P9", "no search module (every message read)", result.scan)]
+    rows = [row("P9", "no search module (the newest looked at first)", result.scan)]
     if result.index:
         rows.append(row("P9 index", "with a search module (FT.SEARCH)", result.index))
     return rows
