@@ -17,6 +17,7 @@ from tests.limits import OUT_OF_REACH
 from webapp import create_app, runs
 from webapp.conversations import Lifetimes
 from webapp.llm.offline import OfflineProvider
+from webapp.runs import RunSettings
 from webapp.storage import connect, keys
 from webapp.storage.embedded import EmbeddedRedis
 
@@ -25,6 +26,16 @@ def stored_keys(r) -> set[str]:
     """Every key on the server but the lock of the app's own sweep, which its background
     worker takes at start-up whenever its thread gets to it: what requests have written."""
     return set(r.scan_iter()) - {keys.SWEEP_LOCK}
+
+
+RUN_SETTINGS = RunSettings(
+    max_events=100,
+    events_ttl_after_end=30,
+    heartbeat_seconds=1,
+    stale_seconds=5,
+    context_budget_tokens=10_000,
+)
+"""Settings of replies for the tests of runs: a run is stale after 5 s without a heartbeat."""
 
 
 class RoundTrips:

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from tests.conftest import RUN_SETTINGS as SETTINGS
 from webapp import conversations, runs
 from webapp.conversations import ConversationGone, Message
 from webapp.llm import (
@@ -17,18 +18,11 @@ from webapp.llm import (
     Thinking,
     Usage,
 )
-from webapp.runs import RunInProgress, RunSettings
+from webapp.runs import RunInProgress
 from webapp.storage import keys
 
 OWNER = "guest:runner"
 USAGE = Usage(input_tokens=40, cache_write_tokens=0, cache_read_tokens=1000, output_tokens=25)
-SETTINGS = RunSettings(
-    max_events=100,
-    events_ttl_after_end=30,
-    heartbeat_seconds=1,
-    stale_seconds=5,
-    context_budget_tokens=10_000,
-)
 
 
 def user_message(text="Tell me about tides"):

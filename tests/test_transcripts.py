@@ -3,20 +3,13 @@ writer died shown as interrupted, its text kept."""
 
 import time
 
+from tests.conftest import RUN_SETTINGS as SETTINGS
 from tests.conftest import RoundTrips
 from webapp import conversations, runs, transcripts
 from webapp.conversations import Message
-from webapp.runs import RunSettings
 from webapp.storage import keys
 
 OWNER = "guest:reader"
-SETTINGS = RunSettings(
-    max_events=100,
-    events_ttl_after_end=30,
-    heartbeat_seconds=1,
-    stale_seconds=5,
-    context_budget_tokens=10_000,
-)
 PAGE_SIZE = 50
 
 
