@@ -2,6 +2,7 @@
 shows as being written, then as a new reply once done, until it is read; the page being
 read is marked; rename and delete from the list."""
 
+import re
 import time
 
 import pytest
@@ -29,7 +30,10 @@ def test_a_reply_written_in_another_tab_shows_in_the_list(serve, context):
     other_tab.goto(f"{app.url}/")
     other_tab.locator('textarea[name="text"]').fill("Answer me in the other tab")
     other_tab.locator('textarea[name="text"]').press("Enter")
-    other_tab.close()  # gone while its reply is written
+    # Closed once on its conversation, while the reply is written: a tab closed while its
+    # form's navigation was still under way could hang Playwright's close.
+    other_tab.wait_for_url(re.compile(r"/c/[^/#]+#latest$"))
+    other_tab.close()
 
     reading.reload()
     expect(entry(reading, "Answer me in the other tab")).to_contain_text("writing…")
