@@ -518,18 +518,19 @@ def seen_run(
     (its writer died) is ended as interrupted first, its partial text kept, by the script
     that finishes runs. So a crash shows as interrupted as soon as anyone looks, not when
     the periodic reaper next runs (it stays, for runs nobody looks at)."""
-    run = latest_run(r, conversation_id)
-    if not is_stale(run, settings):
-        return run
+    return run_as_seen(r, latest_run(r, conversation_id), lifetimes, settings)
+
+
+def run_as_seen(
+    r: redis.Redis, run: Run | None, lifetimes: Lifetimes, settings: RunSettings
+) -> Run | None:
+    """``run``, just read, as seen_run shows it: ``run`` itself unless its writer died, else
+    the run as it is once ended as interrupted."""
     stale_before = time.time() - settings.stale_seconds
+    if run is None or not run.running or run.heartbeat_at >= stale_before:
+        return run
     finish_run(r, run, INTERRUPTED, lifetimes, settings, stale_before=stale_before)
-    return latest_run(r, conversation_id)
-
-
-def is_stale(run: Run | None, settings: RunSettings) -> bool:
-    """``run`` is still marked running, though its heartbeat is older than
-    ``stale_seconds``: its writer died (see seen_run)."""
-    return bool(run and run.running and run.heartbeat_at < time.time() - settings.stale_seconds)
+    return latest_run(r, run.conversation_id)
 
 
 def list_running_again(r: redis.Redis) -> int:

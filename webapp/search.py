@@ -228,17 +228,20 @@ def search(r: redis.Redis, owner: str, query: str, page_size: int, use_index: bo
     if not words:
         return Found([], False)
     ids = r.zrange(keys.owner_conversations(owner), 0, -1)
+    order = None
     # The module folds the case of ASCII letters only: a word beyond them is looked for in
     # every conversation.
     if use_index and all(word.isascii() for word in words):
         try:
-            ids = _candidates(r, owner, ids, words)
+            order = _candidates(r, owner, ids, words)
         except redis.exceptions.ResponseError as error:
             if "no such index" not in str(error).lower():
                 raise
             has_search_module(r)  # lost (its data emptied, a new server): made again, filling in
             # the background, so this one search looks at every conversation
-    return _newest_matches(r, owner, ids, words, page_size)
+    if order is None:
+        order = _newest_first(r, ids)
+    return _newest_matches(r, owner, order, words, page_size)
 
 
 FIRST_LOOK = 25
@@ -246,13 +249,12 @@ FIRST_LOOK = 25
 
 
 def _newest_matches(
-    r: redis.Redis, owner: str, ids: list[str], words: list[str], page_size: int
+    r: redis.Redis, owner: str, order: list[str], words: list[str], page_size: int
 ) -> Found:
-    """The results among ``ids``, looked at newest activity first (by their meta's
-    ``updated_at``, as the results are ordered), in looks that double, until more than
-    CONVERSATIONS_SHOWN match or none are left: an older one could not be shown before
+    """The results among ``order``, conversations newest activity first (by ``updated_at``,
+    as the results are ordered), looked at in that order in looks that double, until more
+    than CONVERSATIONS_SHOWN match or none are left: an older one could not be shown before
     them, so a common word is settled by the newest few dozen, and a rare one reads all."""
-    order = _newest_first(r, ids)
     found, looked, size = [], 0, FIRST_LOOK
     while True:
         found += _find(r, owner, order[looked : looked + size], words)
@@ -309,7 +311,7 @@ def has_search_module(r: redis.Redis) -> bool:
 def _candidates(r: redis.Redis, owner: str, ids: list[str], words: list[str]) -> list[str]:
     """The owner's conversations whose title and text together hold every word, by the
     index, once the documents of the conversations that changed are written anew (one
-    INDEX_FOR_SEARCH each, in one pipeline)."""
+    INDEX_FOR_SEARCH each, in one pipeline), newest activity first as the index sorts them."""
 
     def queue(pipe):
         for conversation_id in ids:

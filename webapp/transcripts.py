@@ -54,14 +54,12 @@ def read_page(
     lifecycle.queue_read_session(pipe, conversation.id)
     conversations.queue_read_draft(pipe, conversation.id)
     run_fields, count, raw, session_fields, draft = pipe.execute()
-    run = runs.run_of(conversation.id, run_fields)
-    if runs.is_stale(run, run_settings):
-        # Its writer died: seen_run ends it as interrupted, its partial text kept in the
-        # messages, which are read again.
-        run = runs.seen_run(r, conversation.id, lifetimes, run_settings)
-        first_index, messages = conversations.read_page(r, conversation, page_size, before)
-    else:
+    read = runs.run_of(conversation.id, run_fields)
+    run = runs.run_as_seen(r, read, lifetimes, run_settings)
+    if run is read:
         first_index, messages = conversations.page_of(conversation, page_size, before, count, raw)
+    else:  # its writer died: ended as interrupted, its partial text kept in the messages
+        first_index, messages = conversations.read_page(r, conversation, page_size, before)
     run_text, run_event_id = runs.run_text(r, run) if run and run.running else ("", "0-0")
     is_latest_page = before is None or before >= conversation.message_count
     if is_latest_page and run and not run.running and conversation.seen_run != run.id:
