@@ -15,6 +15,7 @@ from tests.sentinel_server import MASTER_NAME, LocalSentinel
 from webapp import conversations, create_app, storage
 from webapp.conversations import Message
 from webapp.storage import keys
+from webapp.storage.client import Client
 from webapp.storage.scripts import NotReplicated
 
 SENTINELS = [("10.0.0.1", 26379), ("10.0.0.2", 26379), ("10.0.0.3", 26380)]
@@ -27,6 +28,7 @@ def test_connect_builds_a_client_of_the_primary_the_sentinels_name():
         sentinel_master="orders",
         max_connections=7,
     )
+    assert isinstance(client, Client)
     pool = client.connection_pool
     assert isinstance(pool, SentinelConnectionPool) and pool.is_master
     assert pool.service_name == "orders"

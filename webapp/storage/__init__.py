@@ -13,6 +13,7 @@ from redis.connection import parse_url
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from webapp.storage.client import Client
 from webapp.storage.resp import CommandPacker
 
 # A request fails over to the 503 page within about 1.2 s when Redis is unreachable or
@@ -64,7 +65,8 @@ def connect(
         # The cluster client retries at its own level (refreshing its map of the slots
         # between attempts), so its node connections are given no retries of their own.
         return RedisCluster.from_url(url, decode_responses=True, retry=retry, **timeouts)
-    # The cluster client accepts no packer of its own: its nodes keep redis-py's.
+    # The cluster client accepts no packer of its own: its nodes keep redis-py's, and its
+    # pipelines are its own too.
     connections = {
         "retry": retry,
         "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
@@ -74,7 +76,7 @@ def connect(
         return _primary_of(
             sentinels, sentinel_master, url, decode_responses=True, **connections, **timeouts
         )
-    return redis.Redis.from_url(url, decode_responses=True, **connections, **timeouts)
+    return Client.from_url(url, decode_responses=True, **connections, **timeouts)
 
 
 def _primary_of(
@@ -97,6 +99,7 @@ def _primary_of(
     )
     return manager.master_for(
         name,
+        redis_class=Client,
         **{key: credentials[key] for key in ("username", "password", "db") if key in credentials},
         **options,
     )
