@@ -20,6 +20,7 @@ from webapp.storage.scripts import (
     CHANGE_OWNER,
     CONVERSATION_GONE,
     SAVE_DRAFT,
+    TOUCH_OWNER_INDEX,
     UPDATE_IF_EXISTS,
     execute_pipeline,
     refusal,
@@ -135,12 +136,15 @@ def queue_indexes(
     at least the retention more seconds, as long as the longest-lived conversation it lists;
     the deadline mirrors follow ``write`` (see deadlines.queue_write). Every write path that
     refreshes a conversation, or changes its session or owner, calls this."""
-    index = keys.owner_conversations(owner)
-    if activity:
-        pipe.zadd(index, {conversation_id: time.time()})
-    ttl = max(lifetimes.transcript_retention, parked_seconds)
-    pipe.expire(index, ttl, nx=True)
-    pipe.expire(index, ttl, gt=True)
+    TOUCH_OWNER_INDEX.queue(
+        pipe,
+        [keys.owner_conversations(owner)],
+        [
+            conversation_id,
+            time.time() if activity else "",
+            max(lifetimes.transcript_retention, parked_seconds),
+        ],
+    )
     deadlines.queue_write(pipe, conversation_id, owner, write, lifetimes, parked_seconds)
 
 

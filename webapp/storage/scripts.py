@@ -752,6 +752,21 @@ return 1
 )
 
 
+TOUCH_OWNER_INDEX = AtomicScript(
+    """
+-- Keeps an owner's index of conversations in step with one write to one of them, sent
+-- after the write's own script in the same round trip: the conversation's score becomes
+-- the write's time if it was activity, and the index lives at least the given seconds more.
+-- KEYS[1] the owner's index
+-- ARGV[1] the conversation id, ARGV[2] its new score ("" to keep its score), ARGV[3] seconds
+-- Returns 1.
+if ARGV[2] ~= '' then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3], 'NX')
+redis.call('EXPIRE', KEYS[1], ARGV[3], 'GT')
+return 1
+"""
+)
+
 MIRROR_DEADLINES = AtomicScript(
     """
 -- Keeps the deadline mirrors (see deadlines) in step with one write to a conversation,
@@ -875,6 +890,7 @@ ALL_SCRIPTS = (
     OPEN_WATCH,
     FIND_MESSAGES,
     INDEX_FOR_SEARCH,
+    TOUCH_OWNER_INDEX,
     MIRROR_DEADLINES,
     FORGET_DUE,
 )
