@@ -1,5 +1,6 @@
 """The measured rows: P1 append cost, P3 memory per message, P6 round trips per append."""
 
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +28,8 @@ PAST_WINDOW = 2 * conversations.DEDUPE_WINDOW
 """A history long enough that the append script's dedupe scan reads its full window."""
 P3_MESSAGES = 2_000
 P6_APPENDS = 500
+ORDER_SEED = 11
+"""Seeds the order of the samplers' turns (see interleaved): the same in every run."""
 
 
 @dataclass(frozen=True)
@@ -100,14 +103,19 @@ def interleaved(
     samplers: Sequence[Callable[[], float]], samples: Sequence[int], rounds: int = P1_ROUNDS
 ) -> list[list[list[float]]]:
     """Seconds of each sample, by round and by sampler. Within a round the samplers take
-    turns, one sample each, so a slow moment of the machine falls on all of them alike."""
+    turns, one sample each, so a slow moment of the machine falls on all of them alike, in
+    an order shuffled for each turn: in a fixed order a sampler would always follow the
+    same other one, and a sample right after another library's code (its caches cold, its
+    garbage to collect) costs more than one after its own."""
+    order = random.Random(ORDER_SEED)
     timings = []
     for _ in range(rounds):
         by_sampler: list[list[float]] = [[] for _ in samplers]
         for turn in range(max(samples)):
-            for sampler, count, taken in zip(samplers, samples, by_sampler, strict=True):
-                if turn < count:
-                    taken.append(sampler())
+            due = [number for number, count in enumerate(samples) if turn < count]
+            order.shuffle(due)
+            for number in due:
+                by_sampler[number].append(samplers[number]())
         timings.append(by_sampler)
     return timings
 
