@@ -12,7 +12,7 @@ transcript retention:
   value, read, decoded, encoded and written back with SET EX on every append.
 
 The appends of all four, at 10 and at 10,000 messages, are timed in the same interleaved
-rounds, and so are their reads.
+rounds (see ``measurements.interleaved``), and so are their reads.
 """
 
 import statistics
@@ -362,8 +362,9 @@ def notes(comparison: Comparison) -> list[str]:
     stored = ", ".join(f"{store.name} {one.stored_bytes:,} B" for store, one in pairs)
     return [
         f"Appends: medians of single appends in {P1_ROUNDS} rounds, every store and size taking "
-        f"turns in each ({appends} per round, at {SMALL} and at {LARGE:,}); the same messages "
-        "for every store, each append undone outside the timing.",
+        f"turns in each, in an order shuffled for each turn ({appends} per round, at {SMALL} "
+        f"and at {LARGE:,}); the same messages for every store, each append undone outside "
+        "the timing.",
         f"Reads: medians in {P1_ROUNDS} rounds taking turns ({reads} per round). langchain's "
         "`messages` and llama-index's `get_messages` read and decode the whole history, and "
         "the blob is one value; Resume Chat reads one page (read_page, one round trip; the "
