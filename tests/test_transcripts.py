@@ -56,3 +56,29 @@ def test_a_reply_whose_writer_died_is_shown_interrupted_with_its_text(redis, lif
     reply = page.messages[-1]
     assert (reply.content, reply.status) == ("Half a rep", runs.INTERRUPTED)
     assert (page.run_text, len(page.messages)) == ("", 2)
+
+
+def test_the_conversation_page_is_three_round_trips(chat, monkeypatch):
+    conversation_id = chat.start_conversation("Tell me about tides")
+    chat.start_conversation("And another")  # the list has two rows
+    chat.client.get(f"/c/{conversation_id}")  # the reply is seen: the list's news
+    counted = RoundTrips(monkeypatch)
+
+    page = chat.client.get(f"/c/{conversation_id}")
+
+    assert page.status_code == 200 and "Tell me about tides" in page.text
+    # Who may see it with the list's ids; the transcript (one transaction); the list's rows.
+    assert counted.count == 3
+
+
+def test_another_visitors_conversation_page_is_one_round_trip_and_not_found(
+    app, chat, chat_factory, monkeypatch
+):
+    conversation_id = chat.start_conversation("Mine alone")
+    stranger = chat_factory(app)
+    counted = RoundTrips(monkeypatch)
+
+    page = stranger.client.get(f"/c/{conversation_id}")
+
+    assert page.status_code == 404 and "Mine alone" not in page.text
+    assert counted.count == 1

@@ -251,7 +251,16 @@ def append_message_and_touch(
 
 def get_conversation(r: redis.Redis, conversation_id: str) -> Conversation | None:
     """The conversation's summary fields, or None if it is gone."""
-    meta = r.hgetall(keys.conversation_meta(conversation_id))
+    return conversation_of(conversation_id, r.hgetall(keys.conversation_meta(conversation_id)))
+
+
+def queue_get_conversation(pipe, conversation_id: str) -> None:
+    """Queue get_conversation's read, whose answer goes to ``conversation_of``."""
+    pipe.hgetall(keys.conversation_meta(conversation_id))
+
+
+def conversation_of(conversation_id: str, meta: dict) -> Conversation | None:
+    """The conversation whose meta hash ``meta`` is; None if it is gone (empty)."""
     return _conversation(conversation_id, meta) if meta else None
 
 

@@ -49,7 +49,20 @@ def group_of(updated_at: float, now: float) -> str:
 
 def read_sidebar(r: redis.Redis, owner: str) -> list[Group]:
     """The owner's newest LISTED conversations, grouped, in two round trips."""
-    ids = r.zrevrange(keys.owner_conversations(owner), 0, LISTED - 1)
+    pipe = r.pipeline(transaction=False)
+    queue_listed(pipe, owner)
+    (listed,) = pipe.execute()
+    return sidebar_of(r, owner, listed)
+
+
+def queue_listed(pipe, owner: str) -> None:
+    """Queue the first of read_sidebar's round trips (the ids it lists), for a page to send
+    with a read of its own; its answer goes to ``sidebar_of``."""
+    pipe.zrevrange(keys.owner_conversations(owner), 0, LISTED - 1)
+
+
+def sidebar_of(r: redis.Redis, owner: str, ids: list[str]) -> list[Group]:
+    """The groups of the conversations ``ids`` (read by queue_listed), in one round trip."""
     pipe = r.pipeline(transaction=False)
     for conversation_id in ids:
         pipe.hmget(

@@ -23,6 +23,7 @@ from webapp import (
     lifecycle,
     quotas,
     resume_codes,
+    sidebar,
     transcripts,
 )
 from webapp.conversations import Conversation, ConversationGone, Message, MessageRejected
@@ -31,7 +32,6 @@ from webapp.rendering import iso_time
 from webapp.replies import Replies, UnknownRun
 from webapp.runs import RunInProgress, SessionExpired, follow
 from webapp.security import same_site_path
-from webapp.sidebar import read_sidebar
 from webapp.storage import WATCH_BLOCK_MS, get_blocking_redis, get_redis
 from webapp.views.identity import client_address, current_owner, login_ran_out
 from webapp.watchers import TooManyStreams
@@ -112,12 +112,18 @@ def start():
 
 @bp.get("/c/<conversation_id>")
 def conversation(conversation_id: str):
-    conversation = _visible(conversations.get_conversation(get_redis(), conversation_id))
+    # Who may see it is read with the visitor's list of conversations, in one round trip:
+    # the transcript's own read (one transaction) and the list's rows follow.
+    pipe = get_redis().pipeline(transaction=False)
+    conversations.queue_get_conversation(pipe, conversation_id)
+    sidebar.queue_listed(pipe, current_owner())
+    meta, listed = pipe.execute()
+    conversation = _visible(conversations.conversation_of(conversation_id, meta))
     if conversation is None:
         # Gone (retention over, cleared, or Redis lost it), or never this visitor's: the
         # page offers to catch up from the copy this browser may have kept.
         return render_template("chat/gone.html", conversation_id=conversation_id), 404
-    return _render_conversation(conversation)
+    return _render_conversation(conversation, listed=listed)
 
 
 @bp.post("/restore")
@@ -353,7 +359,7 @@ def events(conversation_id: str, run_id: str):
 def _render_index(error: str | None = None, draft: str = ""):
     return render_template(
         "chat/index.html",
-        sidebar=read_sidebar(get_redis(), current_owner()),
+        sidebar=sidebar.read_sidebar(get_redis(), current_owner()),
         new_message_id=conversations.new_message_id(),
         error=error,
         draft=draft,
@@ -365,10 +371,14 @@ def _render_conversation(
     error: str | None = None,
     draft: str = "",
     issued_code: resume_codes.IssuedCode | None = None,
+    listed: list[str] | None = None,
 ):
+    """The conversation's page; ``listed``, the owner's listed ids if already read (see
+    sidebar.queue_listed)."""
     settings = config.current()
+    r = get_redis()
     page = transcripts.read_page(
-        get_redis(),
+        r,
         conversation,
         int(current_app.config["PAGE_SIZE"]),
         request.args.get("before", type=int),
@@ -378,7 +388,11 @@ def _render_conversation(
     return render_template(
         "chat/conversation.html",
         **{**vars(page), "draft": draft or page.draft},
-        sidebar=read_sidebar(get_redis(), conversation.owner),
+        sidebar=(
+            sidebar.read_sidebar(r, conversation.owner)
+            if listed is None
+            else sidebar.sidebar_of(r, conversation.owner, listed)
+        ),
         new_message_id=conversations.new_message_id(),
         error=error,
         issued_code=issued_code,
