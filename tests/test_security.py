@@ -1,11 +1,15 @@
-"""Security over HTTP: the headers every response carries, Secure cookies over HTTPS,
-trusted proxies, and CSRF refusal."""
+"""Security over HTTP: the headers every response carries, Secure cookies over HTTPS, the
+session cookie re-signed only when it changed or once a day, trusted proxies, and CSRF
+refusal."""
+
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask import request
 
 from tests.conftest import CSRF_FIELD, stored_keys
 from webapp import accounts
+from webapp.views import identity
 
 POLICY_DIRECTIVES = {
     "default-src": "'self'",
@@ -158,3 +162,51 @@ def test_pages_are_never_stored_but_static_files_may_be(chat):
     for path in ("/", f"/c/{conversation_id}", "/resume", "/login", "/no-such-page"):
         assert chat.client.get(path).headers["Cache-Control"] == "no-store", path
     assert chat.client.get("/static/app.css").headers.get("Cache-Control") != "no-store"
+
+
+def session_cookie(response) -> str | None:
+    """The session cookie a response sets, if it sets one."""
+    found = [c for c in set_cookies(response) if c.startswith("session=")]
+    return found[0].split(";", 1)[0].split("=", 1)[1] if found else None
+
+
+def test_a_guests_cookie_is_sent_again_only_once_a_day_while_unchanged(client, monkeypatch):
+    assert session_cookie(client.get("/")), "the first visit makes the guest's id"
+    first = session_cookie(client.get("/"))  # the login manager marks it once (_fresh)
+    assert first
+    assert session_cookie(client.get("/")) is None  # unchanged and fresh: not re-signed
+    assert session_cookie(client.get("/resume")) is None
+    signed = datetime.now(UTC)
+    a_day_on = signed + timedelta(seconds=identity.COOKIE_REFRESH_SECONDS + 1)
+    monkeypatch.setattr(identity, "datetime", FrozenAt(a_day_on))
+    again = session_cookie(client.get("/"))
+    assert again  # sent again, its lifetime slid from now...
+    serializer = client.application.session_interface.get_signing_serializer(client.application)
+    assert serializer.loads(again) == serializer.loads(first)  # ...with the same guest id
+
+
+def test_a_changed_session_is_always_sent(client):
+    client.get("/")
+    with client.session_transaction() as session:
+        session["pending_code"] = "digest"
+    response = client.get("/resume/continue")  # pops it (an unknown code): it changed
+    assert response.status_code == 404 and session_cookie(response)
+
+
+def test_a_session_cookie_of_another_key_is_a_new_session(client, make_app):
+    other = make_app(SECRET_KEY="another-secret").test_client()
+    other.get("/")
+    forged = other.get_cookie("session").value
+    client.set_cookie("session", forged)
+    fresh = session_cookie(client.get("/"))
+    assert fresh and fresh != forged  # refused: a new guest, a new cookie
+
+
+class FrozenAt:
+    """``datetime`` with ``now`` at one moment."""
+
+    def __init__(self, moment: datetime) -> None:
+        self.moment = moment
+
+    def now(self, tz=None):
+        return self.moment

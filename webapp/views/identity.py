@@ -2,10 +2,12 @@
 or a guest, identified by a random id kept in the signed session cookie."""
 
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from flask import Flask, abort, current_app, redirect, request, session, url_for
+from flask import Flask, Request, abort, current_app, redirect, request, session, url_for
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
+from itsdangerous import BadSignature
 
 from webapp import accounts, owners
 from webapp.accounts import User
@@ -17,6 +19,10 @@ REMEMBER_SECONDS = 30 * 86400
 KEPT_ACROSS_LOGIN = ("guest_id", "pending_code")
 """What a new login keeps of the session before it: this browser's guest id (to offer
 moving its conversations) and a resume code typed before logging in (its keyed hash)."""
+
+COOKIE_REFRESH_SECONDS = 86400
+"""A permanent session's cookie is signed and sent again, its 30 days slid, once it is
+this old, or whenever the session changes: not on every request."""
 
 login_manager = LoginManager()
 login_manager.login_view = "auth.login"
@@ -41,7 +47,48 @@ def _load_login(login_id: str) -> LoginUser | None:
     return LoginUser(user, token) if user else None
 
 
+class SignedAt(SecureCookieSession):
+    """A session read from its cookie, with when that cookie was signed."""
+
+    signed_at: datetime | None = None
+
+
+class SlidingCookieSessions(SecureCookieSessionInterface):
+    """Flask's signed cookie sessions, whose permanent cookie (a guest's id, a remembered
+    login) is sent again at most once every COOKIE_REFRESH_SECONDS while the session is
+    unchanged. Flask re-signs and sends it on every request (SESSION_REFRESH_EACH_REQUEST),
+    about a twentieth of a page's or a redemption's CPU."""
+
+    session_class = SignedAt
+
+    def open_session(self, app: Flask, request: Request) -> SignedAt | None:
+        # Flask's own, keeping the cookie's signing time.
+        signer = self.get_signing_serializer(app)
+        if signer is None:
+            return None
+        cookie = request.cookies.get(self.get_cookie_name(app))
+        if not cookie:
+            return self.session_class()
+        max_age = int(app.permanent_session_lifetime.total_seconds())
+        try:
+            data, signed_at = signer.loads(cookie, max_age=max_age, return_timestamp=True)
+        except BadSignature:
+            return self.session_class()
+        opened = self.session_class(data)
+        opened.signed_at = signed_at
+        return opened
+
+    def should_set_cookie(self, app: Flask, session: SignedAt) -> bool:
+        if session.modified:
+            return True
+        if not session.permanent:
+            return False
+        age = datetime.now(UTC) - session.signed_at if session.signed_at else None
+        return age is None or age.total_seconds() >= COOKIE_REFRESH_SECONDS
+
+
 def init_app(app: Flask) -> None:
+    app.session_interface = SlidingCookieSessions()
     app.config.update(
         PERMANENT_SESSION_LIFETIME=timedelta(seconds=REMEMBER_SECONDS),
         REMEMBER_COOKIE_DURATION=timedelta(seconds=REMEMBER_SECONDS),
