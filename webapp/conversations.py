@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 import redis
+from redis.cluster import ClusterPipeline
 
 from webapp import deadlines, metrics
 from webapp.storage import keys
@@ -19,7 +20,9 @@ from webapp.storage.scripts import (
     APPEND_MESSAGE_AND_TOUCH,
     CHANGE_OWNER,
     CONVERSATION_GONE,
+    MIRROR_DEADLINES,
     SAVE_DRAFT,
+    TOUCH_INDEXES,
     TOUCH_OWNER_INDEX,
     UPDATE_IF_EXISTS,
     execute_pipeline,
@@ -134,18 +137,23 @@ def queue_indexes(
     in the same round trip as that write: in the owner's index, the conversation's score
     becomes now (with ``activity``: the index lists by last activity), and the index lives
     at least the retention more seconds, as long as the longest-lived conversation it lists;
-    the deadline mirrors follow ``write`` (see deadlines.queue_write). Every write path that
-    refreshes a conversation, or changes its session or owner, calls this."""
-    TOUCH_OWNER_INDEX.queue(
-        pipe,
-        [keys.owner_conversations(owner)],
-        [
-            conversation_id,
-            time.time() if activity else "",
-            max(lifetimes.transcript_retention, parked_seconds),
-        ],
+    the deadline mirrors follow ``write`` (see deadlines.write_arguments). One script does
+    both, or on a cluster two. Every write path that refreshes a conversation, or changes its
+    session or owner, calls this."""
+    index = [keys.owner_conversations(owner)]
+    index_args = [
+        conversation_id,
+        time.time() if activity else "",
+        max(lifetimes.transcript_retention, parked_seconds),
+    ]
+    mirror_args = deadlines.write_arguments(
+        conversation_id, owner, write, lifetimes, parked_seconds
     )
-    deadlines.queue_write(pipe, conversation_id, owner, write, lifetimes, parked_seconds)
+    if isinstance(pipe, ClusterPipeline):  # the index and the mirrors are on two masters
+        TOUCH_OWNER_INDEX.queue(pipe, index, index_args)
+        MIRROR_DEADLINES.queue(pipe, keys.DEADLINES, mirror_args)
+    else:
+        TOUCH_INDEXES.queue(pipe, [*index, *keys.DEADLINES], [*index_args, *mirror_args])
 
 
 def outside_text_problem(content: str, max_chars: int) -> str | None:

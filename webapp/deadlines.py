@@ -3,7 +3,7 @@ conversations by state and sweeping what has ended cost what changes, not what i
 
 Redis expires a conversation's keys by their TTLs, which no one can list by time; so every
 write that moves a deadline also writes it into a sorted set scored by that deadline, in
-the same round trip (see MIRROR_DEADLINES). Then:
+the same round trip (see MIRROR_DEADLINES and conversations.queue_indexes). Then:
 
 - the counts by state come from three ZCOUNTs of the members whose deadline is still
   ahead (``count_live``), exact as the clock moves, with no sweep needed for them to drop;
@@ -47,29 +47,25 @@ SWEEP_BATCH = 500
 """Members a sweep reads and settles per round trip."""
 
 
-def queue_write(
-    pipe,
+def write_arguments(
     conversation_id: str,
     owner: str,
     write: str,
     lifetimes: "Lifetimes",
     parked_seconds: int = 0,
-) -> None:
-    """Queue the mirror of one write (``write``: one of NEW ... PARKED_FOR) to a
-    conversation, to follow that write's own script in its round trip."""
-    MIRROR_DEADLINES.queue(
-        pipe,
-        keys.DEADLINES,
-        [
-            conversation_id,
-            owner,
-            write,
-            lifetimes.transcript_retention,
-            lifetimes.session_idle,
-            lifetimes.session_max,
-            parked_seconds,
-        ],
-    )
+) -> list:
+    """The arguments of the mirror of one write (``write``: one of NEW ... PARKED_FOR) to a
+    conversation, as MIRROR_DEADLINES (and TOUCH_INDEXES after the index's) takes them, to
+    follow that write's own script in its round trip (see conversations.queue_indexes)."""
+    return [
+        conversation_id,
+        owner,
+        write,
+        lifetimes.transcript_retention,
+        lifetimes.session_idle,
+        lifetimes.session_max,
+        parked_seconds,
+    ]
 
 
 def queue_owner(pipe, conversation_id: str, owner: str) -> None:

@@ -48,7 +48,8 @@ second steps, and what happens when one is lost:
 - Every write that moves a deadline (a conversation created, refreshed, given
   away; its session slid, parked, resumed, started again) mirrors it into the
   deadline sets ({deadlines}) after its script, in the same round trip
-  (MIRROR_DEADLINES); deleting removes it from them afterwards. If lost, a count
+  (MIRROR_DEADLINES, on one server one script with the owner index's step:
+  TOUCH_INDEXES); deleting removes it from them afterwards. If lost, a count
   by state is wrong for that conversation until the sweep sees its mirrored
   deadline pass (it then reads the truth), or until ``resume-chat repair``.
 - Counters (one hash) and their hourly buckets are separate increments.
@@ -752,88 +753,128 @@ return 1
 )
 
 
+_OWNER_INDEX_FUNCTION = """
+-- Keeps an owner's index of conversations in step with one write to one of them: the
+-- conversation's score becomes the write's time if it was activity ("" keeps its score),
+-- and the index lives at least ``seconds`` more.
+local function touch_owner_index(index, id, score, seconds)
+  if score ~= '' then redis.call('ZADD', index, score, id) end
+  redis.call('EXPIRE', index, seconds, 'NX')
+  redis.call('EXPIRE', index, seconds, 'GT')
+end
+"""
+
+_MIRROR_FUNCTION = """
+-- mirror_deadlines(K, A) keeps the deadline mirrors (see deadlines) in step with one write
+-- to a conversation. What the write did to the session is said by A[3]; a session is
+-- slid, restarted or parked only if its mirror says it is live, and started only if it
+-- says it has ended, as the write's script checks it.
+-- K[1] conversations (id -> transcript end), K[2] owners (id -> owner),
+-- K[3] sessions (id -> session end), K[4] session caps (id -> end of its maximum age),
+-- K[5] parked (id -> end of the parking)
+-- A[1] conversation id, A[2] owner, A[3] the write:
+--   "new"       created, its session begun
+--   "kept"      its transcript refreshed, its session untouched
+--   "moved"     given to A[2], nothing refreshed
+--   "slid"      its session slid (so no longer parked), and its transcript refreshed
+--   "restarted" its session begun a new stretch (resumed), and its transcript refreshed
+--   "started"   a new session begun after the last one ended, transcript refreshed
+--   "parked"    its session parked for A[7] seconds, its keys kept at least as long
+-- A[4] transcript retention, A[5] session idle, A[6] session max age (seconds),
+-- A[7] the parking's seconds (0 unless parked)
+-- Returns 1 if mirrored, 0 if the conversation's mirror says it is gone (nothing written).
+local function mirror_deadlines(K, A)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  local id, write = A[1], A[3]
+  local retention, idle, max_age = tonumber(A[4]), tonumber(A[5]), tonumber(A[6])
+
+  local function begin_session()
+    redis.call('ZADD', K[4], now + max_age, id)
+    redis.call('ZADD', K[3], now + math.min(idle, max_age), id)
+    redis.call('ZREM', K[5], id)
+  end
+
+  if write == 'new' then
+    redis.call('ZADD', K[1], now + retention, id)
+    redis.call('HSET', K[2], id, A[2])
+    begin_session()
+    return 1
+  end
+  if tonumber(redis.call('ZSCORE', K[1], id) or '0') <= now then return 0 end
+  redis.call('HSET', K[2], id, A[2])
+  if write == 'moved' then return 1 end
+  -- A refresh gives the transcript the retention from now (which may be sooner than a parking
+  -- had kept it); parking keeps it at least as long as the parking.
+  local parking = tonumber(A[7])
+  if write == 'parked' then
+    redis.call('ZADD', K[1], 'GT', now + parking, id)
+  else
+    redis.call('ZADD', K[1], now + retention, id)
+  end
+  local live = tonumber(redis.call('ZSCORE', K[3], id) or '0') > now
+  if write == 'started' and not live then
+    begin_session()
+  elseif write == 'restarted' and live then
+    begin_session()
+  elseif write == 'slid' and live then
+    -- As the script slides it: a session past its maximum age begins again.
+    local cap = tonumber(redis.call('ZSCORE', K[4], id) or '0')
+    if cap <= now then
+      cap = now + max_age
+      redis.call('ZADD', K[4], cap, id)
+    end
+    redis.call('ZADD', K[3], math.min(now + idle, cap), id)
+    redis.call('ZREM', K[5], id)
+  elseif write == 'parked' and live then
+    redis.call('ZADD', K[3], now + parking, id)
+    redis.call('ZADD', K[5], now + parking, id)
+  end
+  return 1
+end
+"""
+
 TOUCH_OWNER_INDEX = AtomicScript(
-    """
--- Keeps an owner's index of conversations in step with one write to one of them, sent
--- after the write's own script in the same round trip: the conversation's score becomes
--- the write's time if it was activity, and the index lives at least the given seconds more.
+    _OWNER_INDEX_FUNCTION
+    + """
+-- An owner's index kept in step with one write, sent after the write's own script in the
+-- same round trip, on a cluster (elsewhere TOUCH_INDEXES does it with the mirrors).
 -- KEYS[1] the owner's index
 -- ARGV[1] the conversation id, ARGV[2] its new score ("" to keep its score), ARGV[3] seconds
 -- Returns 1.
-if ARGV[2] ~= '' then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
-redis.call('EXPIRE', KEYS[1], ARGV[3], 'NX')
-redis.call('EXPIRE', KEYS[1], ARGV[3], 'GT')
+touch_owner_index(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 return 1
 """
 )
 
 MIRROR_DEADLINES = AtomicScript(
-    """
--- Keeps the deadline mirrors (see deadlines) in step with one write to a conversation,
--- sent after the write's own script in the same round trip. What the write did to the
--- session is said by ARGV[3]; a session is slid, restarted or parked only if its mirror says
--- it is live, and started only if it says it has ended, as the write's script checks it.
--- KEYS[1] conversations (id -> transcript end), KEYS[2] owners (id -> owner),
--- KEYS[3] sessions (id -> session end), KEYS[4] session caps (id -> end of its maximum age),
--- KEYS[5] parked (id -> end of the parking)
--- ARGV[1] conversation id, ARGV[2] owner, ARGV[3] the write:
---   "new"       created, its session begun
---   "kept"      its transcript refreshed, its session untouched
---   "moved"     given to ARGV[2], nothing refreshed
---   "slid"      its session slid (so no longer parked), and its transcript refreshed
---   "restarted" its session begun a new stretch (resumed), and its transcript refreshed
---   "started"   a new session begun after the last one ended, transcript refreshed
---   "parked"    its session parked for ARGV[7] seconds, its keys kept at least as long
--- ARGV[4] transcript retention, ARGV[5] session idle, ARGV[6] session max age (seconds),
--- ARGV[7] the parking's seconds (0 unless parked)
--- Returns 1 if mirrored, 0 if the conversation's mirror says it is gone (nothing written).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local id, write = ARGV[1], ARGV[3]
-local retention, idle, max_age = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+    _MIRROR_FUNCTION
+    + """
+-- The mirrors kept in step with one write, sent after the write's own script in the same
+-- round trip: on a cluster (elsewhere TOUCH_INDEXES does it with the owner's index), and
+-- for a conversation given to another owner ("moved").
+-- KEYS[1..5] the mirrors and ARGV[1..7] the write, as mirror_deadlines takes them (K, A)
+-- Returns mirror_deadlines' answer.
+return mirror_deadlines(KEYS, ARGV)
+"""
+)
 
-local function begin_session()
-  redis.call('ZADD', KEYS[4], now + max_age, id)
-  redis.call('ZADD', KEYS[3], now + math.min(idle, max_age), id)
-  redis.call('ZREM', KEYS[5], id)
-end
-
-if write == 'new' then
-  redis.call('ZADD', KEYS[1], now + retention, id)
-  redis.call('HSET', KEYS[2], id, ARGV[2])
-  begin_session()
-  return 1
-end
-if tonumber(redis.call('ZSCORE', KEYS[1], id) or '0') <= now then return 0 end
-redis.call('HSET', KEYS[2], id, ARGV[2])
-if write == 'moved' then return 1 end
--- A refresh gives the transcript the retention from now (which may be sooner than a parking
--- had kept it); parking keeps it at least as long as the parking.
-local parking = tonumber(ARGV[7])
-if write == 'parked' then
-  redis.call('ZADD', KEYS[1], 'GT', now + parking, id)
-else
-  redis.call('ZADD', KEYS[1], now + retention, id)
-end
-local live = tonumber(redis.call('ZSCORE', KEYS[3], id) or '0') > now
-if write == 'started' and not live then
-  begin_session()
-elseif write == 'restarted' and live then
-  begin_session()
-elseif write == 'slid' and live then
-  -- As the script slides it: a session past its maximum age begins again.
-  local cap = tonumber(redis.call('ZSCORE', KEYS[4], id) or '0')
-  if cap <= now then
-    cap = now + max_age
-    redis.call('ZADD', KEYS[4], cap, id)
-  end
-  redis.call('ZADD', KEYS[3], math.min(now + idle, cap), id)
-  redis.call('ZREM', KEYS[5], id)
-elseif write == 'parked' and live then
-  redis.call('ZADD', KEYS[3], now + parking, id)
-  redis.call('ZADD', KEYS[5], now + parking, id)
-end
-return 1
+TOUCH_INDEXES = AtomicScript(
+    _OWNER_INDEX_FUNCTION
+    + _MIRROR_FUNCTION
+    + """
+-- TOUCH_OWNER_INDEX and MIRROR_DEADLINES in one script, where one server holds every key
+-- (not on a cluster, whose masters hold the owner's index and the mirrors apart).
+-- KEYS[1] the owner's index, KEYS[2..6] the mirrors (see mirror_deadlines)
+-- ARGV[1] the conversation id, ARGV[2] its new score ("" to keep its score), ARGV[3] the
+-- index's seconds, as TOUCH_OWNER_INDEX takes them; ARGV[4..] the write, as mirror_deadlines
+-- takes it (A[1..7])
+-- Returns mirror_deadlines' answer.
+touch_owner_index(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+return mirror_deadlines(
+  {KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]},
+  {ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]}
+)
 """
 )
 
@@ -892,6 +933,7 @@ ALL_SCRIPTS = (
     INDEX_FOR_SEARCH,
     TOUCH_OWNER_INDEX,
     MIRROR_DEADLINES,
+    TOUCH_INDEXES,
     FORGET_DUE,
 )
 
