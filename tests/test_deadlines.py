@@ -206,3 +206,31 @@ def test_property_every_deadline_is_mirrored_after_any_writes(real_redis, sequen
     for conversation_id in (keys.conversation_id_of(key) for key in found):  # forks too
         assert_mirrored(real_redis, conversation_id)
     assert listing.count_states(real_redis) == truth(real_redis)
+
+
+def assert_mirrored_as_its_keys_say(r, conversation_id: str, lifetimes: Lifetimes) -> None:
+    """The mirrors' deadlines of a conversation are when its own keys end (their TTLs), and
+    its session's cap is its start plus the maximum age."""
+    started = float(r.hget(keys.conversation_session(conversation_id), "started_at"))
+    now = time.time()
+    ends = {
+        keys.DEADLINES_CONVERSATIONS: keys.conversation_meta(conversation_id),
+        keys.DEADLINES_SESSIONS: keys.conversation_session(conversation_id),
+    }
+    for mirror, key in ends.items():
+        expected = now + r.pttl(key) / 1000
+        assert r.zscore(mirror, conversation_id) == pytest.approx(expected, abs=1.5), mirror
+    cap = r.zscore(keys.DEADLINES_SESSION_CAPS, conversation_id)
+    assert cap == pytest.approx(started + lifetimes.session_max, abs=1.5)
+
+
+def test_each_mirrored_deadline_is_when_its_own_key_ends(server):
+    """Three lifetimes apart, so that one taken for another shows."""
+    distinct = Lifetimes(session_idle=100, session_max=1_000, transcript_retention=10_000)
+    owner = "guest:timed"
+    conversation_id = conversations.create_conversation(server, owner, distinct)
+    assert_mirrored_as_its_keys_say(server, conversation_id, distinct)
+    time.sleep(2)  # the next write moves the deadlines by more than the tolerance
+    message = conversations.Message(conversations.new_message_id(), "user", "Hi", time.time())
+    conversations.append_message_and_touch(server, conversation_id, owner, message, distinct)
+    assert_mirrored_as_its_keys_say(server, conversation_id, distinct)
