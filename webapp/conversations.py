@@ -356,12 +356,9 @@ def list_conversations(r: redis.Redis, owner: str, limit: int = 100) -> list[Con
     ids = r.zrevrange(keys.owner_conversations(owner), 0, limit - 1)
     pipe = r.pipeline(transaction=False)
     for conversation_id in ids:
-        pipe.hgetall(keys.conversation_meta(conversation_id))
-    return [
-        _conversation(conversation_id, meta)
-        for conversation_id, meta in zip(ids, pipe.execute(), strict=True)
-        if meta.get("owner") == owner
-    ]
+        queue_get_conversation(pipe, conversation_id)
+    found = (conversation_of(*read) for read in zip(ids, pipe.execute(), strict=True))
+    return [conversation for conversation in found if conversation and conversation.owner == owner]
 
 
 def move_conversations(r: redis.Redis, from_owner: str, to_owner: str) -> int:
