@@ -181,6 +181,22 @@ def test_title_is_one_shortened_line():
     assert len(conversations.make_title("word " * 100)) == conversations.TITLE_CHARS
 
 
+@given(
+    st.lists(
+        st.tuples(st.text("ab ", min_size=1, max_size=3), st.sampled_from([" ", "\n ", "\t"])),
+        max_size=120,
+    )
+)
+def test_a_title_is_every_word_on_one_line_shortened(pieces):
+    """It reads only the words that can show, but is the whole text's words on one line."""
+    text = "".join(word + space for word, space in pieces)
+    line = " ".join(text.split())
+    limit = conversations.TITLE_CHARS
+    assert conversations.make_title(text) == (
+        line if len(line) <= limit else line[: limit - 1] + "…"
+    )
+
+
 # A sequence of operations on one conversation: append a new message, resend one of the
 # messages already sent (a retry), or let the test check the invariants.
 operations = st.lists(

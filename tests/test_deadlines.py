@@ -146,6 +146,17 @@ def test_a_write_to_a_conversation_that_has_ended_mirrors_nothing(real_redis):
     assert listing.count_states(real_redis) == truth(real_redis) == counts(expired=1)
 
 
+def test_a_refused_write_leaves_the_indexes_alone(real_redis, lifetimes):
+    """On one server a write and its indexes' step are one script: a write the script
+    refuses (the conversation is gone) lists nothing in the owner's index."""
+    gone = conversations.new_id()
+    message = conversations.Message(conversations.new_id(), "user", "Hello?", time.time())
+    with pytest.raises(conversations.ConversationGone):
+        conversations.append_message_and_touch(real_redis, gone, "guest:gone", message, lifetimes)
+    assert not real_redis.exists(keys.owner_conversations("guest:gone"))
+    assert real_redis.zscore(keys.DEADLINES_CONVERSATIONS, gone) is None
+
+
 def test_repair_mirrors_everything_afresh_and_forgets_what_is_gone(
     monkeypatch, redis_server, real_redis, lifetimes
 ):

@@ -14,7 +14,15 @@ from webapp.storage.scripts import ALL_SCRIPTS, AtomicScript
 
 
 def every_script():
-    return {name: value for name, value in vars(scripts).items() if isinstance(value, AtomicScript)}
+    """Each script by name, and each write's form with_indexes as ``NAME.with_indexes``."""
+    named = {
+        name: value for name, value in vars(scripts).items() if isinstance(value, AtomicScript)
+    }
+    return named | {
+        f"{name}.with_indexes": script.with_indexes
+        for name, script in named.items()
+        if script.with_indexes
+    }
 
 
 def test_every_script_is_registered_once():

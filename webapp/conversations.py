@@ -8,7 +8,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
 import redis
@@ -25,6 +25,7 @@ from webapp.storage.scripts import (
     TOUCH_INDEXES,
     TOUCH_OWNER_INDEX,
     UPDATE_IF_EXISTS,
+    AtomicScript,
     execute_pipeline,
     refusal,
 )
@@ -79,7 +80,7 @@ class Message:
         present = {
             name: value for name in FIELD_NAMES if (value := getattr(self, name)) is not None
         }
-        return json.dumps(present, separators=(",", ":"), ensure_ascii=False)
+        return _COMPACT_JSON.encode(present)
 
     @classmethod
     def from_json(cls, raw: str) -> "Message":
@@ -87,6 +88,7 @@ class Message:
 
 
 FIELD_NAMES = tuple(field.name for field in fields(Message))
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 """A message's fields, in the order its JSON holds them."""
 
 
@@ -130,16 +132,23 @@ def queue_indexes(
     lifetimes: Lifetimes,
     write: str,
     *,
+    script: tuple[AtomicScript, Sequence[str], Sequence] | None = None,
     activity: bool = True,
     parked_seconds: int = 0,
 ) -> None:
-    """Queue what keeps the indexes true after a write to one of the owner's conversations,
-    in the same round trip as that write: in the owner's index, the conversation's score
-    becomes now (with ``activity``: the index lists by last activity), and the index lives
-    at least the retention more seconds, as long as the longest-lived conversation it lists;
-    the deadline mirrors follow ``write`` (see deadlines.write_arguments). One script does
-    both, or on a cluster two. Every write path that refreshes a conversation, or changes its
-    session or owner, calls this."""
+    """Queue a write to one of the owner's conversations and what keeps the indexes true
+    after it, in one round trip: in the owner's index, the conversation's score becomes now
+    (with ``activity``: the index lists by last activity), and the index lives at least the
+    retention more seconds, as long as the longest-lived conversation it lists; the
+    deadline mirrors follow ``write`` (see deadlines.write_arguments). Every write path that
+    refreshes a conversation, or changes its session or owner, calls this.
+
+    ``script`` is the write's own script call (a script made ``with_indexes``, its keys,
+    its arguments), if it has one. Where one server holds every key, that script's form
+    with_indexes makes the write and the indexes' step one command, which leaves the
+    indexes alone when the write refused; with no script, TOUCH_INDEXES is that step. On a
+    cluster, whose masters hold the conversation, the owner's index and the mirrors apart,
+    the write, TOUCH_OWNER_INDEX and MIRROR_DEADLINES are three."""
     index = [keys.owner_conversations(owner)]
     index_args = [
         conversation_id,
@@ -149,9 +158,19 @@ def queue_indexes(
     mirror_args = deadlines.write_arguments(
         conversation_id, owner, write, lifetimes, parked_seconds
     )
-    if isinstance(pipe, ClusterPipeline):  # the index and the mirrors are on two masters
+    if isinstance(pipe, ClusterPipeline):
+        if script:
+            written, script_keys, script_args = script
+            written.queue(pipe, script_keys, script_args)
         TOUCH_OWNER_INDEX.queue(pipe, index, index_args)
         MIRROR_DEADLINES.queue(pipe, keys.DEADLINES, mirror_args)
+    elif script:
+        written, script_keys, script_args = script
+        written.with_indexes.queue(
+            pipe,
+            [*script_keys, *index, *keys.DEADLINES],
+            [*script_args, *index_args, *mirror_args],
+        )
     else:
         TOUCH_INDEXES.queue(pipe, [*index, *keys.DEADLINES], [*index_args, *mirror_args])
 
@@ -170,7 +189,8 @@ def outside_text_problem(content: str, max_chars: int) -> str | None:
 
 def make_title(text: str) -> str:
     """The first user message, on one line and shortened."""
-    line = " ".join(text.split())
+    # Its first TITLE_CHARS words already make a title too long when there are more.
+    line = " ".join(text.split(maxsplit=TITLE_CHARS)[:TITLE_CHARS])
     return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1] + "…"
 
 
@@ -238,20 +258,23 @@ def append_message_and_touch(
     title = make_title(title) if title else ""
 
     def queue(pipe):
-        APPEND_MESSAGE_AND_TOUCH.queue(
+        append = [
+            message.id,
+            message.to_json(),
+            title,
+            lifetimes.session_idle,
+            lifetimes.session_max,
+            lifetimes.transcript_retention,
+            DEDUPE_WINDOW,
+        ]
+        queue_indexes(
             pipe,
-            keys.conversation_keys(conversation_id),
-            [
-                message.id,
-                message.to_json(),
-                title,
-                lifetimes.session_idle,
-                lifetimes.session_max,
-                lifetimes.transcript_retention,
-                DEDUPE_WINDOW,
-            ],
+            owner,
+            conversation_id,
+            lifetimes,
+            deadlines.SLID,
+            script=(APPEND_MESSAGE_AND_TOUCH, keys.conversation_keys(conversation_id), append),
         )
-        queue_indexes(pipe, owner, conversation_id, lifetimes, deadlines.SLID)
 
     (stored, _count), *_ = execute_pipeline(r, queue, replicated=True)
     return bool(stored)

@@ -165,19 +165,16 @@ def catch_up(
     note = _note(summary, summary.source)
 
     def queue(pipe):
-        START_SESSION_FROM_NOTE.queue(
-            pipe,
-            keys.conversation_keys(conversation_id),
-            [
-                note.id,
-                note.to_json(),
-                lifetimes.session_idle,
-                lifetimes.session_max,
-                lifetimes.transcript_retention,
-                DEDUPE_WINDOW,
-            ],
-        )
-        queue_indexes(pipe, owner, conversation_id, lifetimes, deadlines.STARTED)
+        start = [
+            note.id,
+            note.to_json(),
+            lifetimes.session_idle,
+            lifetimes.session_max,
+            lifetimes.transcript_retention,
+            DEDUPE_WINDOW,
+        ]
+        script = (START_SESSION_FROM_NOTE, keys.conversation_keys(conversation_id), start)
+        queue_indexes(pipe, owner, conversation_id, lifetimes, deadlines.STARTED, script=script)
 
     started, *_ = execute_pipeline(r, queue)
     return summary if started else None
@@ -375,13 +372,15 @@ def touch(r: redis.Redis, conversation: Conversation, lifetimes: Lifetimes) -> i
     withdraws its resume code). Returns the seconds it has left, or -1 if it is gone."""
 
     def queue(pipe):
-        TOUCH_SESSION.queue(
-            pipe,
-            keys.conversation_keys(conversation.id),
-            [lifetimes.session_idle, lifetimes.session_max, lifetimes.transcript_retention],
-        )
+        lives = [lifetimes.session_idle, lifetimes.session_max, lifetimes.transcript_retention]
         queue_indexes(
-            pipe, conversation.owner, conversation.id, lifetimes, deadlines.SLID, activity=False
+            pipe,
+            conversation.owner,
+            conversation.id,
+            lifetimes,
+            deadlines.SLID,
+            script=(TOUCH_SESSION, keys.conversation_keys(conversation.id), lives),
+            activity=False,
         )
 
     left, *_ = execute_pipeline(r, queue)

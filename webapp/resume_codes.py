@@ -109,9 +109,7 @@ def park(r: redis.Redis, secret: str, conversation: Conversation, ttl: int) -> I
     pipe.execute()
 
     def queue(pipe):
-        PARK_SESSION.queue(
-            pipe, keys.conversation_keys(conversation.id), [digest, code[:GROUP], ttl]
-        )
+        park = [digest, code[:GROUP], ttl]
         # While parked, everything of it lives the code's lifetime, and no longer slides.
         parked = Lifetimes(session_idle=ttl, session_max=ttl, transcript_retention=ttl)
         queue_indexes(
@@ -120,6 +118,7 @@ def park(r: redis.Redis, secret: str, conversation: Conversation, ttl: int) -> I
             conversation.id,
             parked,
             deadlines.PARKED_FOR,
+            script=(PARK_SESSION, keys.conversation_keys(conversation.id), park),
             activity=False,
             parked_seconds=ttl,
         )

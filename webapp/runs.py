@@ -181,28 +181,25 @@ def start_run(
     member = keys.running_run_member(conversation_id, run_id)
 
     def queue(pipe):
-        START_RUN.queue(
-            pipe,
-            _run_keys(conversation_id, run_id),
-            [
-                run_id,
-                user_message.id if user_message else "",
-                user_message.to_json() if user_message else "",
-                make_title(user_message.content) if user_message else "",
-                lifetimes.session_idle,
-                lifetimes.session_max,
-                lifetimes.transcript_retention,
-                DEDUPE_WINDOW,
-                message_id,
-                prefix,
-                settings.max_events,
-                owner,
-                kind,
-            ],
-        )
-        pipe.zadd(keys.RUNS_RUNNING, {member: now})
+        start = [
+            run_id,
+            user_message.id if user_message else "",
+            user_message.to_json() if user_message else "",
+            make_title(user_message.content) if user_message else "",
+            lifetimes.session_idle,
+            lifetimes.session_max,
+            lifetimes.transcript_retention,
+            DEDUPE_WINDOW,
+            message_id,
+            prefix,
+            settings.max_events,
+            owner,
+            kind,
+        ]
         write = deadlines.KEPT if kind == CATCH_UP else deadlines.SLID
-        queue_indexes(pipe, owner, conversation_id, lifetimes, write)
+        script = (START_RUN, _run_keys(conversation_id, run_id), start)
+        queue_indexes(pipe, owner, conversation_id, lifetimes, write, script=script)
+        pipe.zadd(keys.RUNS_RUNNING, {member: now})
         if user_message:
             metrics.queue_messages_appended(pipe, "user")
 
@@ -277,25 +274,26 @@ def finish_run(
     usage = finished.usage if finished else Usage()
 
     def queue(pipe):
-        FINISH_RUN.queue(
-            pipe,
-            _run_keys(run.conversation_id, run.id),
-            [
-                run.id,
-                status,
-                error.kind if error else "",
-                str(error) if error else "",
-                (error.request_id or "") if error else "",
-                stale_before,
-                lifetimes.transcript_retention,
-                settings.events_ttl_after_end,
-                DEDUPE_WINDOW,
-                finished.model if finished else "",
-                *(getattr(usage, name) for name in USAGE_FIELDS),
-            ],
-        )
+        finish = [
+            run.id,
+            status,
+            error.kind if error else "",
+            str(error) if error else "",
+            (error.request_id or "") if error else "",
+            stale_before,
+            lifetimes.transcript_retention,
+            settings.events_ttl_after_end,
+            DEDUPE_WINDOW,
+            finished.model if finished else "",
+            *(getattr(usage, name) for name in USAGE_FIELDS),
+        ]
+        script = (FINISH_RUN, _run_keys(run.conversation_id, run.id), finish)
         if run.owner:
-            queue_indexes(pipe, run.owner, run.conversation_id, lifetimes, deadlines.KEPT)
+            queue_indexes(
+                pipe, run.owner, run.conversation_id, lifetimes, deadlines.KEPT, script=script
+            )
+        else:
+            FINISH_RUN.queue(pipe, *script[1:])
 
     ended, *_ = execute_pipeline(r, queue)
     if ended:

@@ -314,7 +314,10 @@ def test_appends_retried_after_dropped_replies_are_stored_once(
             already_stored.append(message.id)
 
     with FlakyProxy(
-        redis_server.port, b"EVALSHA", drop_every=DROP_EVERY, script=APPEND_MESSAGE_AND_TOUCH.sha
+        redis_server.port,
+        b"EVALSHA",
+        drop_every=DROP_EVERY,
+        script=APPEND_MESSAGE_AND_TOUCH.with_indexes.sha,
     ) as proxy:
         sent, gave_up = write_through_proxy(proxy, append)
 

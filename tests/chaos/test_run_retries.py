@@ -33,7 +33,9 @@ def test_a_run_whose_start_answer_was_lost_is_started_once(real_redis, redis_ser
     conversation_id = conversation(real_redis, lifetimes)
     another = create_conversation(real_redis, "guest:runs", lifetimes)
     with (
-        FlakyProxy(redis_server.port, b"EVALSHA", drop_every=2, script=START_RUN.sha) as proxy,
+        FlakyProxy(
+            redis_server.port, b"EVALSHA", drop_every=2, script=START_RUN.with_indexes.sha
+        ) as proxy,
         connect(proxy.url) as client,
     ):
         # The first START_RUN goes through; the second is cut after it ran.

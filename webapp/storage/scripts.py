@@ -48,10 +48,11 @@ second steps, and what happens when one is lost:
 - Every write that moves a deadline (a conversation created, refreshed, given
   away; its session slid, parked, resumed, started again) mirrors it into the
   deadline sets ({deadlines}) after its script, in the same round trip
-  (MIRROR_DEADLINES, on one server one script with the owner index's step:
-  TOUCH_INDEXES); deleting removes it from them afterwards. If lost, a count
-  by state is wrong for that conversation until the sweep sees its mirrored
-  deadline pass (it then reads the truth), or until ``resume-chat repair``.
+  (MIRROR_DEADLINES; on one server inside the write's own script with the
+  owner index's step, see AtomicScript); deleting removes it from them
+  afterwards. If lost, a count by state is wrong for that conversation until the
+  sweep sees its mirrored deadline pass (it then reads the truth), or until
+  ``resume-chat repair``.
 - Counters (one hash) and their hourly buckets are separate increments.
 """
 
@@ -95,12 +96,116 @@ def as_domain_error(error: Exception) -> Exception:
     return exception(str(error)) if exception else error
 
 
-class AtomicScript:
-    """One Lua script, addressed by the SHA1 of its source."""
+_OWNER_INDEX_FUNCTION = """
+-- Keeps an owner's index of conversations in step with one write to one of them: the
+-- conversation's score becomes the write's time if it was activity ("" keeps its score),
+-- and the index lives at least ``seconds`` more.
+local function touch_owner_index(index, id, score, seconds)
+  if score ~= '' then redis.call('ZADD', index, score, id) end
+  -- GT leaves an index without a TTL alone (as if it never ended): NX gives it one.
+  if redis.call('EXPIRE', index, seconds, 'GT') == 0 then
+    redis.call('EXPIRE', index, seconds, 'NX')
+  end
+end
+"""
 
-    def __init__(self, source: str) -> None:
+_MIRROR_FUNCTION = """
+-- mirror_deadlines(K, A) keeps the deadline mirrors (see deadlines) in step with one write
+-- to a conversation. What the write did to the session is said by A[3]; a session is
+-- slid, restarted or parked only if its mirror says it is live, and started only if it
+-- says it has ended, as the write's script checks it.
+-- K[1] conversations (id -> transcript end), K[2] owners (id -> owner),
+-- K[3] sessions (id -> session end), K[4] session caps (id -> end of its maximum age),
+-- K[5] parked (id -> end of the parking)
+-- A[1] conversation id, A[2] owner, A[3] the write:
+--   "new"       created, its session begun
+--   "kept"      its transcript refreshed, its session untouched
+--   "moved"     given to A[2], nothing refreshed
+--   "slid"      its session slid (so no longer parked), and its transcript refreshed
+--   "restarted" its session begun a new stretch (resumed), and its transcript refreshed
+--   "started"   a new session begun after the last one ended, transcript refreshed
+--   "parked"    its session parked for A[7] seconds, its keys kept at least as long
+-- A[4] transcript retention, A[5] session idle, A[6] session max age (seconds),
+-- A[7] the parking's seconds (0 unless parked)
+-- Returns 1 if mirrored, 0 if the conversation's mirror says it is gone (nothing written).
+local function mirror_deadlines(K, A)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  local id, write = A[1], A[3]
+  local retention, idle, max_age = tonumber(A[4]), tonumber(A[5]), tonumber(A[6])
+
+  local function begin_session()
+    redis.call('ZADD', K[4], now + max_age, id)
+    redis.call('ZADD', K[3], now + math.min(idle, max_age), id)
+    redis.call('ZREM', K[5], id)
+  end
+
+  if write == 'new' then
+    redis.call('ZADD', K[1], now + retention, id)
+    redis.call('HSET', K[2], id, A[2])
+    begin_session()
+    return 1
+  end
+  if tonumber(redis.call('ZSCORE', K[1], id) or '0') <= now then return 0 end
+  redis.call('HSET', K[2], id, A[2])
+  if write == 'moved' then return 1 end
+  -- A refresh gives the transcript the retention from now (which may be sooner than a parking
+  -- had kept it); parking keeps it at least as long as the parking.
+  local parking = tonumber(A[7])
+  if write == 'parked' then
+    redis.call('ZADD', K[1], 'GT', now + parking, id)
+  else
+    redis.call('ZADD', K[1], now + retention, id)
+  end
+  local live = tonumber(redis.call('ZSCORE', K[3], id) or '0') > now
+  if write == 'started' and not live then
+    begin_session()
+  elseif write == 'restarted' and live then
+    begin_session()
+  elseif write == 'slid' and live then
+    -- As the script slides it: a session past its maximum age begins again.
+    local cap = tonumber(redis.call('ZSCORE', K[4], id) or '0')
+    if cap <= now then
+      cap = now + max_age
+      redis.call('ZADD', K[4], cap, id)
+    end
+    redis.call('ZADD', K[3], math.min(now + idle, cap), id)
+    redis.call('ZREM', K[5], id)
+  elseif write == 'parked' and live then
+    redis.call('ZADD', K[3], now + parking, id)
+    redis.call('ZADD', K[5], now + parking, id)
+  end
+  return 1
+end
+"""
+
+_INDEXES_FUNCTION = """
+-- touch_indexes(k, a) does both for one write, where one server holds every key:
+-- KEYS[k + 1] the owner's index, KEYS[k + 2..k + 6] the mirrors; ARGV[a + 1..a + 3] as
+-- touch_owner_index takes them, ARGV[a + 4..a + 10] as mirror_deadlines takes A.
+local function touch_indexes(k, a)
+  touch_owner_index(KEYS[k + 1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+  return mirror_deadlines(
+    {KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]},
+    {ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10]}
+  )
+end
+"""
+
+INDEX_KEYS, INDEX_ARGUMENTS = 6, 10
+"""The keys and arguments touch_indexes takes after a write's own."""
+
+
+class AtomicScript:
+    """One Lua script, addressed by the SHA1 of its source. A write to a conversation made
+    ``with_indexes`` also has a second form, ``with_indexes``: the write, then (unless it
+    refused) the owner index's and the mirrors' step of TOUCH_INDEXES, in one script, for
+    one server (see conversations.queue_indexes)."""
+
+    def __init__(self, source: str, *, with_indexes: bool = False) -> None:
         self.source = source
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+        self.with_indexes = AtomicScript(_followed_by_indexes(source)) if with_indexes else None
 
     def queue(self, pipe: redis.client.Pipeline, keys: Sequence[str], args: Sequence) -> None:
         """Queue one call of this script on a pipeline (a cluster pipeline routes it to the
@@ -116,6 +221,27 @@ class AtomicScript:
         return answer
 
 
+def _followed_by_indexes(source: str) -> str:
+    return (
+        _OWNER_INDEX_FUNCTION
+        + _MIRROR_FUNCTION
+        + _INDEXES_FUNCTION
+        + "local function write()\n"
+        + source
+        + f"""
+end
+-- The write above, then the indexes' step unless the write refused.
+-- KEYS the write's, then the owner's index and the mirrors ({INDEX_KEYS})
+-- ARGV the write's, then the indexes' ({INDEX_ARGUMENTS}), as touch_indexes takes them
+-- Returns the write's answer.
+local answer = write()
+if type(answer) == 'table' and answer.err then return answer end
+touch_indexes(#KEYS - {INDEX_KEYS}, #ARGV - {INDEX_ARGUMENTS})
+return answer
+"""
+    )
+
+
 # Shared by the scripts below. A conversation's keys are always KEYS[1..8], in the order of
 # keys.conversation_keys; these names say which is which.
 _CONVERSATION_FUNCTIONS = """
@@ -129,12 +255,15 @@ end
 -- Slide the session: idle time from now, capped by the maximum age from its start. A user
 -- acting ends any parking: the resume code of the parked session is withdrawn with it.
 local function slide_session(now, idle, max_age)
-  local started = tonumber(redis.call('HGET', KEYS[SESSION], 'started_at') or '')
+  local session = redis.call('HMGET', KEYS[SESSION], 'started_at', 'code_hash')
+  local started = tonumber(session[1] or '')
   if not started or started + max_age <= now then
     started = now
   end
   local ttl = math.min(idle, started + max_age - now)
-  redis.call('HDEL', KEYS[SESSION], 'parked_until', 'code_hash', 'code_hint')
+  if session[2] then  -- parked: the three fields are written and removed together
+    redis.call('HDEL', KEYS[SESSION], 'parked_until', 'code_hash', 'code_hint')
+  end
   redis.call('HSET', KEYS[SESSION], 'started_at', started, 'expires_at', now + ttl)
   redis.call('EXPIRE', KEYS[SESSION], ttl)
 end
@@ -153,8 +282,9 @@ local function append_message(precise_now, id, json, title, window)
     return 0, redis.call('LLEN', KEYS[MESSAGES])
   end
   local count = redis.call('RPUSH', KEYS[MESSAGES], json)
-  redis.call('LPUSH', KEYS[RECENT_IDS], id)
-  redis.call('LTRIM', KEYS[RECENT_IDS], 0, window - 1)
+  if redis.call('LPUSH', KEYS[RECENT_IDS], id) > window then
+    redis.call('LTRIM', KEYS[RECENT_IDS], 0, window - 1)
+  end
   redis.call('HSET', KEYS[META], 'updated_at', precise_now, 'message_count', count)
   if title ~= '' then
     redis.call('HSETNX', KEYS[META], 'title', title)
@@ -183,7 +313,8 @@ if stored == 1 then
   refresh_transcript(ARGV[6])
 end
 return {stored, count}
-"""
+""",
+    with_indexes=True,
 )
 
 START_RUN = AtomicScript(
@@ -241,7 +372,8 @@ end
 if not catching_up then slide_session(now, tonumber(ARGV[5]), tonumber(ARGV[6])) end
 refresh_transcript(ARGV[7])
 return 1
-"""
+""",
+    with_indexes=True,
 )
 
 ADD_RUN_CHUNK = AtomicScript(
@@ -352,7 +484,8 @@ redis.call('ZADD', KEYS[RUNS], now + tonumber(ARGV[8]), ARGV[1])
 refresh_transcript(ARGV[7])
 redis.call('EXPIRE', KEYS[9], ARGV[8])
 return 1
-"""
+""",
+    with_indexes=True,
 )
 
 START_SESSION_FROM_NOTE = AtomicScript(
@@ -376,7 +509,8 @@ redis.call('HSET', KEYS[SESSION], 'context_from', count - 1)
 slide_session(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
 refresh_transcript(ARGV[5])
 return 1
-"""
+""",
+    with_indexes=True,
 )
 
 NOTE_RETURN_AFTER_EXPIRY = AtomicScript(
@@ -448,7 +582,8 @@ for i = 1, RUNS do
   if i ~= SESSION and redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
 end
 return replaced
-"""
+""",
+    with_indexes=True,
 )
 
 RESUME_PARKED_SESSION = AtomicScript(
@@ -488,7 +623,8 @@ local now = now_seconds()
 slide_session(now, tonumber(ARGV[1]), tonumber(ARGV[2]))
 refresh_transcript(ARGV[3])
 return redis.call('TTL', KEYS[SESSION])
-"""
+""",
+    with_indexes=True,
 )
 
 DELETE_CONVERSATION = AtomicScript(
@@ -753,87 +889,6 @@ return 1
 )
 
 
-_OWNER_INDEX_FUNCTION = """
--- Keeps an owner's index of conversations in step with one write to one of them: the
--- conversation's score becomes the write's time if it was activity ("" keeps its score),
--- and the index lives at least ``seconds`` more.
-local function touch_owner_index(index, id, score, seconds)
-  if score ~= '' then redis.call('ZADD', index, score, id) end
-  redis.call('EXPIRE', index, seconds, 'NX')
-  redis.call('EXPIRE', index, seconds, 'GT')
-end
-"""
-
-_MIRROR_FUNCTION = """
--- mirror_deadlines(K, A) keeps the deadline mirrors (see deadlines) in step with one write
--- to a conversation. What the write did to the session is said by A[3]; a session is
--- slid, restarted or parked only if its mirror says it is live, and started only if it
--- says it has ended, as the write's script checks it.
--- K[1] conversations (id -> transcript end), K[2] owners (id -> owner),
--- K[3] sessions (id -> session end), K[4] session caps (id -> end of its maximum age),
--- K[5] parked (id -> end of the parking)
--- A[1] conversation id, A[2] owner, A[3] the write:
---   "new"       created, its session begun
---   "kept"      its transcript refreshed, its session untouched
---   "moved"     given to A[2], nothing refreshed
---   "slid"      its session slid (so no longer parked), and its transcript refreshed
---   "restarted" its session begun a new stretch (resumed), and its transcript refreshed
---   "started"   a new session begun after the last one ended, transcript refreshed
---   "parked"    its session parked for A[7] seconds, its keys kept at least as long
--- A[4] transcript retention, A[5] session idle, A[6] session max age (seconds),
--- A[7] the parking's seconds (0 unless parked)
--- Returns 1 if mirrored, 0 if the conversation's mirror says it is gone (nothing written).
-local function mirror_deadlines(K, A)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-  local id, write = A[1], A[3]
-  local retention, idle, max_age = tonumber(A[4]), tonumber(A[5]), tonumber(A[6])
-
-  local function begin_session()
-    redis.call('ZADD', K[4], now + max_age, id)
-    redis.call('ZADD', K[3], now + math.min(idle, max_age), id)
-    redis.call('ZREM', K[5], id)
-  end
-
-  if write == 'new' then
-    redis.call('ZADD', K[1], now + retention, id)
-    redis.call('HSET', K[2], id, A[2])
-    begin_session()
-    return 1
-  end
-  if tonumber(redis.call('ZSCORE', K[1], id) or '0') <= now then return 0 end
-  redis.call('HSET', K[2], id, A[2])
-  if write == 'moved' then return 1 end
-  -- A refresh gives the transcript the retention from now (which may be sooner than a parking
-  -- had kept it); parking keeps it at least as long as the parking.
-  local parking = tonumber(A[7])
-  if write == 'parked' then
-    redis.call('ZADD', K[1], 'GT', now + parking, id)
-  else
-    redis.call('ZADD', K[1], now + retention, id)
-  end
-  local live = tonumber(redis.call('ZSCORE', K[3], id) or '0') > now
-  if write == 'started' and not live then
-    begin_session()
-  elseif write == 'restarted' and live then
-    begin_session()
-  elseif write == 'slid' and live then
-    -- As the script slides it: a session past its maximum age begins again.
-    local cap = tonumber(redis.call('ZSCORE', K[4], id) or '0')
-    if cap <= now then
-      cap = now + max_age
-      redis.call('ZADD', K[4], cap, id)
-    end
-    redis.call('ZADD', K[3], math.min(now + idle, cap), id)
-    redis.call('ZREM', K[5], id)
-  elseif write == 'parked' and live then
-    redis.call('ZADD', K[3], now + parking, id)
-    redis.call('ZADD', K[5], now + parking, id)
-  end
-  return 1
-end
-"""
-
 TOUCH_OWNER_INDEX = AtomicScript(
     _OWNER_INDEX_FUNCTION
     + """
@@ -862,19 +917,17 @@ return mirror_deadlines(KEYS, ARGV)
 TOUCH_INDEXES = AtomicScript(
     _OWNER_INDEX_FUNCTION
     + _MIRROR_FUNCTION
+    + _INDEXES_FUNCTION
     + """
 -- TOUCH_OWNER_INDEX and MIRROR_DEADLINES in one script, where one server holds every key
--- (not on a cluster, whose masters hold the owner's index and the mirrors apart).
+-- (not on a cluster, whose masters hold the owner's index and the mirrors apart), after a
+-- write that has no script of its own (a write's script has it inside: with_indexes).
 -- KEYS[1] the owner's index, KEYS[2..6] the mirrors (see mirror_deadlines)
 -- ARGV[1] the conversation id, ARGV[2] its new score ("" to keep its score), ARGV[3] the
 -- index's seconds, as TOUCH_OWNER_INDEX takes them; ARGV[4..] the write, as mirror_deadlines
 -- takes it (A[1..7])
 -- Returns mirror_deadlines' answer.
-touch_owner_index(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
-return mirror_deadlines(
-  {KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]},
-  {ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]}
-)
+return touch_indexes(0, 0)
 """
 )
 
@@ -910,7 +963,7 @@ return removed
 )
 
 
-ALL_SCRIPTS = (
+_NAMED_SCRIPTS = (
     APPEND_MESSAGE_AND_TOUCH,
     START_RUN,
     ADD_RUN_CHUNK,
@@ -936,6 +989,10 @@ ALL_SCRIPTS = (
     TOUCH_INDEXES,
     FORGET_DUE,
 )
+ALL_SCRIPTS = _NAMED_SCRIPTS + tuple(
+    script.with_indexes for script in _NAMED_SCRIPTS if script.with_indexes
+)
+"""Every script a server must hold: each above, and each write's form with_indexes."""
 
 
 def load_scripts(client: redis.Redis) -> None:
