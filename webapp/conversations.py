@@ -276,7 +276,7 @@ def append_message_and_touch(
             script=(APPEND_MESSAGE_AND_TOUCH, keys.conversation_keys(conversation_id), append),
         )
 
-    (stored, _count), *_ = execute_pipeline(r, queue, replicated=True)
+    stored, *_ = execute_pipeline(r, queue, replicated=True)
     return bool(stored)
 
 

@@ -276,11 +276,10 @@ local function refresh_transcript(retention)
   end
 end
 
--- Append one message unless its id is among the newest ones. Returns stored (0/1), count.
+-- Append one message unless its id is among the newest ones. Returns 1 and the message
+-- count if stored, else 0.
 local function append_message(precise_now, id, json, title, window)
-  if redis.call('LPOS', KEYS[RECENT_IDS], id) then
-    return 0, redis.call('LLEN', KEYS[MESSAGES])
-  end
+  if redis.call('LPOS', KEYS[RECENT_IDS], id) then return 0 end
   local count = redis.call('RPUSH', KEYS[MESSAGES], json)
   if redis.call('LPUSH', KEYS[RECENT_IDS], id) > window then
     redis.call('LTRIM', KEYS[RECENT_IDS], 0, window - 1)
@@ -302,17 +301,17 @@ APPEND_MESSAGE_AND_TOUCH = AtomicScript(
 -- ARGV[1] message id, ARGV[2] message JSON, ARGV[3] title if the conversation has none ("")
 -- ARGV[4] session idle seconds, ARGV[5] session max seconds,
 -- ARGV[6] transcript retention seconds, ARGV[7] how many newest ids to remember
--- Returns {1 if stored else 0, message count}; refusal RC_GONE.
+-- Returns 1 if stored, 0 if its id was among the newest; refusal RC_GONE.
 local now, precise_now = now_seconds()
 if redis.call('EXISTS', KEYS[META]) == 0 then
   return redis.error_reply('RC_GONE the conversation does not exist')
 end
-local stored, count = append_message(precise_now, ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[7]))
+local stored = append_message(precise_now, ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[7]))
 if stored == 1 then
   slide_session(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
   refresh_transcript(ARGV[6])
 end
-return {stored, count}
+return stored
 """,
     with_indexes=True,
 )
@@ -505,6 +504,7 @@ end
 if redis.call('EXISTS', KEYS[SESSION]) == 1 then return 0 end
 redis.call('HDEL', KEYS[META], 'session_ended', 'returned_after_expiry')
 local _, count = append_message(precise_now, ARGV[1], ARGV[2], '', tonumber(ARGV[6]))
+count = count or redis.call('LLEN', KEYS[MESSAGES])  -- the note was already stored
 redis.call('HSET', KEYS[SESSION], 'context_from', count - 1)
 slide_session(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
 refresh_transcript(ARGV[5])
