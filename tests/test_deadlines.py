@@ -157,6 +157,26 @@ def test_a_refused_write_leaves_the_indexes_alone(real_redis, lifetimes):
     assert real_redis.zscore(keys.DEADLINES_CONVERSATIONS, gone) is None
 
 
+def test_a_slide_that_begins_a_session_again_mirrors_its_new_maximum_age(real_redis):
+    """A message to a conversation whose session key is gone begins a session (the
+    script's slide starts one): on one server the mirrors take it from what the script did,
+    its end and its maximum age's from now."""
+    lives = Lifetimes(session_idle=30, session_max=40, transcript_retention=600)
+    conversation_id = conversations.create_conversation(real_redis, "guest:again", lives)
+    session = keys.conversation_session(conversation_id)
+    real_redis.delete(session)
+    real_redis.zadd(keys.DEADLINES_SESSION_CAPS, {conversation_id: 1})  # an old cap
+    before = time.time()
+    message = conversations.Message(conversations.new_id(), "user", "Back", time.time())
+    conversations.append_message_and_touch(real_redis, conversation_id, "guest:x", message, lives)
+    after = time.time()
+    cap = real_redis.zscore(keys.DEADLINES_SESSION_CAPS, conversation_id)
+    assert before + 40 <= cap <= after + 40
+    ends = real_redis.zscore(keys.DEADLINES_SESSIONS, conversation_id)
+    assert before + 30 - 1 <= ends <= after + 30
+    assert real_redis.ttl(session) > 0
+
+
 def test_repair_mirrors_everything_afresh_and_forgets_what_is_gone(
     monkeypatch, redis_server, real_redis, lifetimes
 ):

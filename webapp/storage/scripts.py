@@ -110,10 +110,13 @@ end
 """
 
 _MIRROR_FUNCTION = """
--- mirror_deadlines(K, A) keeps the deadline mirrors (see deadlines) in step with one write
--- to a conversation. What the write did to the session is said by A[3]; a session is
+-- mirror_deadlines(K, A, slid) keeps the deadline mirrors (see deadlines) in step with one
+-- write to a conversation. What the write did to the session is said by A[3]; a session is
 -- slid, restarted or parked only if its mirror says it is live, and started only if it
--- says it has ended, as the write's script checks it.
+-- says it has ended, as the write's script checks it. Where the write's own script runs
+-- first in the same script (one server, see with_indexes) and slid the session, ``slid``
+-- says what it did (see slide_session), and a slide is mirrored from that without reading
+-- the mirrors: the conversation is there, and its session's new end known.
 -- K[1] conversations (id -> transcript end), K[2] owners (id -> owner),
 -- K[3] sessions (id -> session end), K[4] session caps (id -> end of its maximum age),
 -- K[5] parked (id -> end of the parking)
@@ -128,7 +131,7 @@ _MIRROR_FUNCTION = """
 -- A[4] transcript retention, A[5] session idle, A[6] session max age (seconds),
 -- A[7] the parking's seconds (0 unless parked)
 -- Returns 1 if mirrored, 0 if the conversation's mirror says it is gone (nothing written).
-local function mirror_deadlines(K, A)
+local function mirror_deadlines(K, A, slid)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
   local id, write = A[1], A[3]
@@ -144,6 +147,14 @@ local function mirror_deadlines(K, A)
     redis.call('ZADD', K[1], now + retention, id)
     redis.call('HSET', K[2], id, A[2])
     begin_session()
+    return 1
+  end
+  if write == 'slid' and slid and slid.ttl then
+    redis.call('ZADD', K[1], now + retention, id)
+    redis.call('HSET', K[2], id, A[2])
+    if slid.began then redis.call('ZADD', K[4], now + max_age, id) end
+    redis.call('ZADD', K[3], now + slid.ttl, id)
+    if slid.was_parked then redis.call('ZREM', K[5], id) end
     return 1
   end
   if tonumber(redis.call('ZSCORE', K[1], id) or '0') <= now then return 0 end
@@ -180,14 +191,15 @@ end
 """
 
 _INDEXES_FUNCTION = """
--- touch_indexes(k, a) does both for one write, where one server holds every key:
+-- touch_indexes(k, a, slid) does both for one write, where one server holds every key:
 -- KEYS[k + 1] the owner's index, KEYS[k + 2..k + 6] the mirrors; ARGV[a + 1..a + 3] as
--- touch_owner_index takes them, ARGV[a + 4..a + 10] as mirror_deadlines takes A.
-local function touch_indexes(k, a)
+-- touch_owner_index takes them, ARGV[a + 4..a + 10] as mirror_deadlines takes A (and slid).
+local function touch_indexes(k, a, slid)
   touch_owner_index(KEYS[k + 1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
   return mirror_deadlines(
     {KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]},
-    {ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10]}
+    {ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10]},
+    slid
   )
 end
 """
@@ -222,12 +234,19 @@ class AtomicScript:
 
 
 def _followed_by_indexes(source: str) -> str:
+    """A write's form with_indexes: its body (what follows the conversation's functions)
+    made a function, then the indexes' step, which mirrors a slide from what slide_session
+    did."""
+    body = source.removeprefix(_CONVERSATION_FUNCTIONS)
+    if body == source:
+        raise ValueError("a write with_indexes begins with the conversation's functions")
     return (
         _OWNER_INDEX_FUNCTION
         + _MIRROR_FUNCTION
         + _INDEXES_FUNCTION
+        + _CONVERSATION_FUNCTIONS
         + "local function write()\n"
-        + source
+        + body
         + f"""
 end
 -- The write above, then the indexes' step unless the write refused.
@@ -236,7 +255,7 @@ end
 -- Returns the write's answer.
 local answer = write()
 if type(answer) == 'table' and answer.err then return answer end
-touch_indexes(#KEYS - {INDEX_KEYS}, #ARGV - {INDEX_ARGUMENTS})
+touch_indexes(#KEYS - {INDEX_KEYS}, #ARGV - {INDEX_ARGUMENTS}, slid)
 return answer
 """
     )
@@ -252,12 +271,17 @@ local function now_seconds()
   return tonumber(t[1]), tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
 
+-- What slide_session did, for the deadline mirror in the same script (with_indexes): the
+-- session's new TTL, whether it began again, whether it was parked.
+local slid = {}
+
 -- Slide the session: idle time from now, capped by the maximum age from its start. A user
 -- acting ends any parking: the resume code of the parked session is withdrawn with it.
 local function slide_session(now, idle, max_age)
   local session = redis.call('HMGET', KEYS[SESSION], 'started_at', 'code_hash')
   local started = tonumber(session[1] or '')
-  if not started or started + max_age <= now then
+  local began = not started or started + max_age <= now
+  if began then
     started = now
   end
   local ttl = math.min(idle, started + max_age - now)
@@ -266,6 +290,7 @@ local function slide_session(now, idle, max_age)
   end
   redis.call('HSET', KEYS[SESSION], 'started_at', started, 'expires_at', now + ttl)
   redis.call('EXPIRE', KEYS[SESSION], ttl)
+  slid.ttl, slid.began, slid.was_parked = ttl, began, session[2] ~= false
 end
 
 -- Give every key of the conversation but its session the retention from now: no key of it
