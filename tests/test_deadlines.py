@@ -177,6 +177,22 @@ def test_a_slide_that_begins_a_session_again_mirrors_its_new_maximum_age(real_re
     assert real_redis.ttl(session) > 0
 
 
+def test_a_repeated_message_mirrors_nothing(real_redis, lifetimes):
+    """A message sent again is not stored and slides nothing: on one server its mirror,
+    taken from what the script did, leaves the session's deadline as it was."""
+    conversation_id = conversations.create_conversation(real_redis, "guest:again", lifetimes)
+    message = conversations.Message(conversations.new_id(), "user", "Once", time.time())
+    conversations.append_message_and_touch(
+        real_redis, conversation_id, "guest:again", message, lifetimes
+    )
+    marked = time.time() + 5  # a deadline no slide would give
+    real_redis.zadd(keys.DEADLINES_SESSIONS, {conversation_id: marked})
+    assert not conversations.append_message_and_touch(
+        real_redis, conversation_id, "guest:again", message, lifetimes
+    )
+    assert real_redis.zscore(keys.DEADLINES_SESSIONS, conversation_id) == marked
+
+
 def test_repair_mirrors_everything_afresh_and_forgets_what_is_gone(
     monkeypatch, redis_server, real_redis, lifetimes
 ):

@@ -114,9 +114,10 @@ _MIRROR_FUNCTION = """
 -- write to a conversation. What the write did to the session is said by A[3]; a session is
 -- slid, restarted or parked only if its mirror says it is live, and started only if it
 -- says it has ended, as the write's script checks it. Where the write's own script runs
--- first in the same script (one server, see with_indexes) and slid the session, ``slid``
--- says what it did (see slide_session), and a slide is mirrored from that without reading
--- the mirrors: the conversation is there, and its session's new end known.
+-- first in the same script (one server, see with_indexes), ``slid`` says what it did to
+-- the session (see slide_session), and a slide is mirrored from that without reading the
+-- mirrors: the conversation is there, and its session's new end known; a write that slid
+-- nothing (a repeated message, a session gone) mirrors nothing.
 -- K[1] conversations (id -> transcript end), K[2] owners (id -> owner),
 -- K[3] sessions (id -> session end), K[4] session caps (id -> end of its maximum age),
 -- K[5] parked (id -> end of the parking)
@@ -149,7 +150,8 @@ local function mirror_deadlines(K, A, slid)
     begin_session()
     return 1
   end
-  if write == 'slid' and slid and slid.ttl then
+  if write == 'slid' and slid then
+    if not slid.ttl then return 1 end
     redis.call('ZADD', K[1], now + retention, id)
     redis.call('HSET', K[2], id, A[2])
     if slid.began then redis.call('ZADD', K[4], now + max_age, id) end
