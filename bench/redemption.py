@@ -312,9 +312,9 @@ def p5_notes(result: Redemption) -> list[str]:
         f"ended) and {result.failures} failures; "
         f"{result.parked:,} conversations parked through resume_codes.park beforehand "
         f"({result.parking_seconds:.1f} s, not timed).",
-        "P5 a redemption, in three round trips: the HMAC of the code, the failed-entry "
-        "limit's slot taken and the code read; RESUME_PARKED_SESSION, which uses the code "
-        "and gives the conversation to the redeeming guest, the code marked used and the "
-        "slot given back; its index entries moved and a counter; and a new guest id in the "
-        "signed session cookie.",
+        "P5 a redemption, in two round trips: the HMAC of the code, the failed-entry "
+        "limit's slot taken and the code read; RESUME_AND_SETTLE, which uses the code, "
+        "gives the conversation to the redeeming guest, moves its index entries, mirrors "
+        "its deadlines and counts it, with the code marked used and the slot given back; "
+        "and a new guest id in the signed session cookie.",
     ]

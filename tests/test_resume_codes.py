@@ -12,7 +12,7 @@ from urllib.parse import unquote
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import Chat
+from tests.conftest import Chat, RoundTrips
 from tests.test_auth import csrf, log_in, register
 from tests.test_metrics import admin_client_of, scrape, value
 from webapp import accounts, conversations, lifecycle, metrics, rate_limits, resume_codes
@@ -303,6 +303,7 @@ def test_of_two_entries_that_read_the_code_together_only_the_first_to_use_it_get
     lifetimes = conversations.Lifetimes(1800, 86400, 604800)
 
     first, second = "guest:first-phone", "guest:second-phone"
+    had = conversations.get_conversation(real_redis, conversation_id).owner
     redeemed = resume_codes.redeem_for(real_redis, digest, first, lifetimes, code=read_by_both)
     assert redeemed == conversation_id
     try:
@@ -316,6 +317,27 @@ def test_of_two_entries_that_read_the_code_together_only_the_first_to_use_it_get
     assert not real_redis.exists(keys.owner_conversations(second))
     assert real_redis.hget(keys.DEADLINES_OWNERS, conversation_id) == first
     assert failures(real_redis) == {"used": 1}
+    assert metrics.read_counters(real_redis)["resume_codes_redeemed"] == 1
+    assert conversation_id not in real_redis.zrange(keys.owner_conversations(had), 0, -1)
+
+
+def test_a_redemption_is_two_round_trips_on_one_server(chat, real_redis, monkeypatch):
+    """The code read, then one script that uses it and settles the redemption (its index
+    entries, its mirror, its count), sent with the code marked used."""
+    conversation_id = chat.start_conversation("Pack for a week of rain")
+    digest = resume_codes.keyed_hash(
+        TEST_SECRET, normalise(issue_code(chat.client, conversation_id))
+    )
+    lifetimes = conversations.Lifetimes(1800, 86400, 604800)
+    real_redis.ping()  # its connection made (HELLO, CLIENT SETINFO) before counting
+    counted = RoundTrips(monkeypatch)
+
+    resume_codes.redeem_for(real_redis, digest, "guest:other-phone", lifetimes)
+
+    assert counted.count == 2
+    assert real_redis.zrange(keys.owner_conversations("guest:other-phone"), 0, -1) == [
+        conversation_id
+    ]
     assert metrics.read_counters(real_redis)["resume_codes_redeemed"] == 1
 
 

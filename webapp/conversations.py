@@ -12,7 +12,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
 import redis
-from redis.cluster import ClusterPipeline
 
 from webapp import deadlines, metrics
 from webapp.storage import keys
@@ -27,6 +26,7 @@ from webapp.storage.scripts import (
     UPDATE_IF_EXISTS,
     AtomicScript,
     execute_pipeline,
+    one_server,
     refusal,
 )
 
@@ -158,7 +158,7 @@ def queue_indexes(
     mirror_args = deadlines.write_arguments(
         conversation_id, owner, write, lifetimes, parked_seconds
     )
-    if isinstance(pipe, ClusterPipeline):
+    if not one_server(pipe):
         if script:
             written, script_keys, script_args = script
             written.queue(pipe, script_keys, script_args)

@@ -122,6 +122,11 @@ def _field(counter: Counter, *label_values: str) -> str:
     return f"{counter.name}:{'|'.join(label_values)}" if counter.labels else counter.name
 
 
+REDEEMED_FIELD = _field(RESUME_CODES_REDEEMED)
+"""The counters' field of redeemed codes (counted inside the redemption's script on one
+server, see resume_codes.redeem_for)."""
+
+
 def _count(r: redis.Redis, increments: Mapping[str, int], queue_more=None) -> None:
     """Add ``increments`` (hash field -> amount) in one round trip; never raises."""
     try:
@@ -173,8 +178,9 @@ def count_resume_code_issued(r: redis.Redis) -> None:
 
 
 def queue_resume_code_redeemed(pipe) -> None:
-    """Count a redeemed code in the round trip that settles its redemption."""
-    pipe.hincrby(keys.METRICS_COUNTERS, _field(RESUME_CODES_REDEEMED), 1)
+    """Count a redeemed code in the round trip that settles its redemption (on a cluster;
+    on one server the redemption's script counts it: REDEEMED_FIELD)."""
+    pipe.hincrby(keys.METRICS_COUNTERS, REDEEMED_FIELD, 1)
 
 
 def count_catch_up(r: redis.Redis, outcome: str, tokens: int, replaced_tokens: int) -> None:

@@ -20,9 +20,11 @@ from webapp.conversations import Conversation, Lifetimes, queue_indexes
 from webapp.storage import keys
 from webapp.storage.scripts import (
     PARK_SESSION,
+    RESUME_AND_SETTLE,
     RESUME_PARKED_SESSION,
     UPDATE_IF_EXISTS,
     execute_pipeline,
+    one_server,
 )
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -176,30 +178,46 @@ def redeem_for(
     the code's hash if already read; ``slot``, the failed entry's slot taken for it, is
     given back once the code is known to be right.
 
-    Three round trips: the code read (``code``, else here); the session resumed, which is
-    what uses the code exactly once (the session stops being parked under it), and the
-    conversation given to the visitor, the code marked used; then, as the resume says, the
-    index entries moved, the deadlines mirrored and the redemption counted (an index never
-    lists a conversation its owner does not own, and an entry that lost the race to use the
-    code mirrors nothing)."""
+    Two round trips on one server: the code read (``code``, else here); then the session
+    resumed, which is what uses the code exactly once (the session stops being parked under
+    it), the conversation given to the visitor, and, if it resumed, its index entries moved,
+    its deadlines mirrored and the redemption counted (RESUME_AND_SETTLE), with the code
+    marked used. On a cluster, whose masters hold the indexes and the mirrors apart, the
+    settling is a third round trip, as the resume said. Either way an index never lists a
+    conversation its owner does not own, and an entry that lost the race to use the code
+    mirrors nothing."""
     try:
         if code is None:
             code = r.hgetall(keys.resume_code(digest))
         conversation_id, owner = _usable(code, digest, visitor)
+        settled = []  # [True] once the resume's script settles it too (one server)
 
         def resume(pipe):
-            RESUME_PARKED_SESSION.queue(
-                pipe,
-                keys.conversation_keys(conversation_id),
-                [
-                    digest,
-                    lifetimes.session_idle,
-                    lifetimes.session_max,
-                    lifetimes.transcript_retention,
-                    owner,
-                    visitor,
-                ],
-            )
+            conversation = keys.conversation_keys(conversation_id)
+            args = [
+                digest,
+                lifetimes.session_idle,
+                lifetimes.session_max,
+                lifetimes.transcript_retention,
+                owner,
+                visitor,
+            ]
+            if one_server(pipe):
+                indexes = [keys.owner_conversations(owner), keys.owner_conversations(visitor)]
+                RESUME_AND_SETTLE.queue(
+                    pipe,
+                    [*conversation, *indexes, *keys.DEADLINES, keys.METRICS_COUNTERS],
+                    [
+                        *args,
+                        conversation_id,
+                        time.time(),
+                        lifetimes.transcript_retention,
+                        metrics.REDEEMED_FIELD,
+                    ],
+                )
+                settled.append(True)
+            else:
+                RESUME_PARKED_SESSION.queue(pipe, conversation, args)
             UPDATE_IF_EXISTS.queue(pipe, [keys.resume_code(digest)], ["used_at", int(time.time())])
             if slot:
                 rate_limits.queue_give_back_slot(pipe, slot)  # a right code is no failure
@@ -212,6 +230,8 @@ def redeem_for(
     except CodeRefused as refused:
         metrics.count_resume_failure(r, refused.reason)
         raise
+    if settled:
+        return conversation_id
 
     def settle(pipe):
         if moved:  # a guest's code is the guest's key: the conversation joins this visitor

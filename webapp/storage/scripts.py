@@ -61,6 +61,7 @@ import re
 from collections.abc import Callable, Sequence
 
 import redis
+from redis.cluster import ClusterPipeline
 
 from webapp.storage import REPLICA_WAIT_MS, replicas_to_confirm
 
@@ -235,13 +236,13 @@ class AtomicScript:
         return answer
 
 
-def _followed_by_indexes(source: str) -> str:
-    """A write's form with_indexes: its body (what follows the conversation's functions)
-    made a function, then the indexes' step, which mirrors a slide from what slide_session
-    did."""
+def _as_write(source: str) -> str:
+    """A conversation's script with its body (what follows the conversation's functions)
+    made a function, ``write()``, for a step that follows it in the same script; the index
+    and mirror functions come with it."""
     body = source.removeprefix(_CONVERSATION_FUNCTIONS)
     if body == source:
-        raise ValueError("a write with_indexes begins with the conversation's functions")
+        raise ValueError("a write made a function begins with the conversation's functions")
     return (
         _OWNER_INDEX_FUNCTION
         + _MIRROR_FUNCTION
@@ -249,9 +250,15 @@ def _followed_by_indexes(source: str) -> str:
         + _CONVERSATION_FUNCTIONS
         + "local function write()\n"
         + body
-        + f"""
-end
--- The write above, then the indexes' step unless the write refused.
+        + "\nend\n"
+    )
+
+
+def _followed_by_indexes(source: str) -> str:
+    """A write's form with_indexes: the write, then the indexes' step, which mirrors a slide
+    from what slide_session did."""
+    return _as_write(source) + (
+        f"""-- The write above, then the indexes' step unless the write refused.
 -- KEYS the write's, then the owner's index and the mirrors ({INDEX_KEYS})
 -- ARGV the write's, then the indexes' ({INDEX_ARGUMENTS}), as touch_indexes takes them
 -- Returns the write's answer.
@@ -638,6 +645,37 @@ return {1, 0}
 """
 )
 
+RESUME_AND_SETTLE = AtomicScript(
+    _as_write(RESUME_PARKED_SESSION.source)
+    + """
+-- RESUME_PARKED_SESSION, then, if it resumed, what settles the redemption, in one script
+-- where one server holds every key (a cluster sends the settling in a second round trip):
+-- the conversation leaves the old owner's index for the new one's if it changed hands
+-- (else its entry is kept, its TTL refreshed), its deadlines are mirrored as a session
+-- begun a new stretch, and the redemption is counted.
+-- KEYS[1..8] the conversation, KEYS[9] the index of the owner it had, KEYS[10] the index of
+-- the owner it may get, KEYS[11..15] the mirrors (see mirror_deadlines), KEYS[16] counters
+-- ARGV[1..6] as RESUME_PARKED_SESSION takes them, ARGV[7] the conversation id, ARGV[8] now
+-- (its score in a new owner's index), ARGV[9] the index's seconds, ARGV[10] the counter
+-- Returns RESUME_PARKED_SESSION's answer.
+local answer = write()
+if answer[1] ~= 1 then return answer end
+local id, moved = ARGV[7], answer[2] == 1
+if moved then
+  redis.call('ZREM', KEYS[9], id)
+  touch_owner_index(KEYS[10], id, ARGV[8], ARGV[9])
+else
+  touch_owner_index(KEYS[9], id, '', ARGV[9])
+end
+mirror_deadlines(
+  {KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]},
+  {id, moved and ARGV[6] or ARGV[5], 'restarted', ARGV[4], ARGV[2], ARGV[3], 0}
+)
+redis.call('HINCRBY', KEYS[16], ARGV[10], 1)
+return answer
+"""
+)
+
 TOUCH_SESSION = AtomicScript(
     _CONVERSATION_FUNCTIONS
     + """
@@ -1001,6 +1039,7 @@ _NAMED_SCRIPTS = (
     SAVE_DRAFT,
     PARK_SESSION,
     RESUME_PARKED_SESSION,
+    RESUME_AND_SETTLE,
     TOUCH_SESSION,
     DELETE_CONVERSATION,
     CHANGE_OWNER,
@@ -1039,6 +1078,12 @@ def _recording(pipe: redis.client.Pipeline) -> list[tuple[tuple, dict]]:
 
     pipe.execute_command = record
     return queued
+
+
+def one_server(pipe) -> bool:
+    """Whether ``pipe`` sends to one server, which holds every key (not a cluster's
+    pipeline, whose masters hold the hash tags apart)."""
+    return not isinstance(pipe, ClusterPipeline)
 
 
 class NotReplicated(redis.exceptions.ConnectionError):
