@@ -37,7 +37,8 @@ second steps, and what happens when one is lost:
 - A resume code's hash ({code hash}) and the session it parks are two scripts in
   two round trips on one server too: redeeming consumes the code, then resumes
   the session only if it is parked under that code (and gives the conversation
-  to its redeemer in the same script), then moves its index entries; issuing
+  to its redeemer in the same script), then moves its index entries (on one
+  server inside that script: RESUME_AND_SETTLE); issuing
   writes the code, then parks, then retires the old code. A code left without its session is
   refused (used or expired) and expires with its TTL.
 - Deleting (the owner's Delete, the console's clearing) deletes each
