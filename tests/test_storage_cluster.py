@@ -219,6 +219,56 @@ def test_a_code_for_a_conversation_that_changed_hands_moves_no_index_entry(redis
     assert conversations.list_conversations(redis, "user:u2") == []
 
 
+def settled(r, conversation_id, owners):
+    """What a redemption settles, told apart from the clock: each owner's index entry for
+    the conversation ("now" if scored within the last minute, else its score kept), each
+    deadline mirror's entry (seconds from now, to the nearest 10, or the owner it names),
+    the redemptions counted and the owner the conversation has."""
+    now = time.time()
+
+    def entry(score):
+        if score is None:
+            return None
+        return "now" if now - 60 < score <= now else score
+
+    mirrors = {}
+    for mirror in keys.DEADLINES:
+        if mirror == keys.DEADLINES_OWNERS:
+            mirrors[mirror] = r.hget(mirror, conversation_id)
+        else:
+            score = r.zscore(mirror, conversation_id)
+            mirrors[mirror] = None if score is None else round((score - now) / 10) * 10
+    return (
+        {
+            owner: entry(r.zscore(keys.owner_conversations(owner), conversation_id))
+            for owner in owners
+        },
+        mirrors,
+        r.hget(keys.METRICS_COUNTERS, metrics.REDEEMED_FIELD),
+        conversations.get_conversation(r, conversation_id).owner,
+    )
+
+
+@pytest.mark.parametrize(
+    "visitor, code_owner",
+    [("guest:same", None), ("user:u1", None), ("user:u2", "guest:before")],
+    ids=["its owner", "another owner", "a code from before it changed hands"],
+)
+def test_a_redemption_settles_the_same_on_one_server_as_on_a_cluster(
+    real_redis, cluster_redis, lifetimes, visitor, code_owner
+):
+    # One server settles a redemption in the resume's own script, a cluster in a second
+    # round trip: the two must leave the indexes, the mirrors and the counters alike.
+    outcomes = []
+    for r in (real_redis, cluster_redis):
+        conversation_id = chat_in(r, "guest:same", lifetimes)
+        r.zadd(keys.owner_conversations("guest:same"), {conversation_id: 1000})  # an old score
+        redeemed_by(r, conversation_id, visitor, lifetimes, code_owner)
+        outcomes.append(settled(r, conversation_id, {"guest:same", visitor, "guest:before"}))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][2] == "1"
+
+
 def test_a_fork_is_a_conversation_of_its_own(redis, lifetimes):
     original = chat_in(redis, "guest:fork", lifetimes, "first")
     conversations.append_message_and_touch(

@@ -190,19 +190,19 @@ def redeem_for(
         if code is None:
             code = r.hgetall(keys.resume_code(digest))
         conversation_id, owner = _usable(code, digest, visitor)
-        settled = []  # [True] once the resume's script settles it too (one server)
+        settles = one_server(r)  # the resume's script settles it too
+        conversation = keys.conversation_keys(conversation_id)
+        args = [
+            digest,
+            lifetimes.session_idle,
+            lifetimes.session_max,
+            lifetimes.transcript_retention,
+            owner,
+            visitor,
+        ]
 
         def resume(pipe):
-            conversation = keys.conversation_keys(conversation_id)
-            args = [
-                digest,
-                lifetimes.session_idle,
-                lifetimes.session_max,
-                lifetimes.transcript_retention,
-                owner,
-                visitor,
-            ]
-            if one_server(pipe):
+            if settles:
                 indexes = [keys.owner_conversations(owner), keys.owner_conversations(visitor)]
                 RESUME_AND_SETTLE.queue(
                     pipe,
@@ -215,7 +215,6 @@ def redeem_for(
                         metrics.REDEEMED_FIELD,
                     ],
                 )
-                settled.append(True)
             else:
                 RESUME_PARKED_SESSION.queue(pipe, conversation, args)
             UPDATE_IF_EXISTS.queue(pipe, [keys.resume_code(digest)], ["used_at", int(time.time())])
@@ -230,7 +229,7 @@ def redeem_for(
     except CodeRefused as refused:
         metrics.count_resume_failure(r, refused.reason)
         raise
-    if settled:
+    if settles:
         return conversation_id
 
     def settle(pipe):

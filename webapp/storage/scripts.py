@@ -62,7 +62,7 @@ import re
 from collections.abc import Callable, Sequence
 
 import redis
-from redis.cluster import ClusterPipeline
+from redis.cluster import RedisCluster
 
 from webapp.storage import REPLICA_WAIT_MS, replicas_to_confirm
 
@@ -1081,10 +1081,10 @@ def _recording(pipe: redis.client.Pipeline) -> list[tuple[tuple, dict]]:
     return queued
 
 
-def one_server(pipe) -> bool:
-    """Whether ``pipe`` sends to one server, which holds every key (not a cluster's
-    pipeline, whose masters hold the hash tags apart)."""
-    return not isinstance(pipe, ClusterPipeline)
+def one_server(r) -> bool:
+    """Whether ``r`` (a client or its pipeline) sends to one server, which holds every key:
+    not a cluster, whose masters hold the hash tags apart."""
+    return not isinstance(r, RedisCluster)  # a cluster's pipeline is one too
 
 
 class NotReplicated(redis.exceptions.ConnectionError):
