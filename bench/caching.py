@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from tests.fake_anthropic import FakeAnthropic
 from webapp.conversations import Message
-from webapp.llm import Finished, Usage
-from webapp.llm.claude import CACHE_OFF, ClaudeProvider
+from webapp.llm import CACHE_OFF, Finished, Usage
+from webapp.llm.claude import ClaudeProvider
 
 TURNS = 20
 CACHE_TTL = "5m"

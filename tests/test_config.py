@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from redis.sentinel import SentinelConnectionPool
 
+from tests import fake_anthropic
 from webapp import config, create_app
+from webapp.llm import CACHE_OFF
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -133,3 +135,22 @@ def test_with_sentinels_redis_url_gives_the_password_and_database(monkeypatch):
     )
     kwargs = app.extensions["redis"].connection_pool.connection_kwargs
     assert (kwargs["password"], kwargs["db"]) == ("secret", 2)
+
+
+@pytest.mark.parametrize(
+    ("settings", "refusal"),
+    [
+        ({"THINKING_EFFORT": "extreme"}, "FLASK_THINKING_EFFORT is 'extreme': it takes one of"),
+        ({"THINKING_EFFORT": "High"}, "FLASK_THINKING_EFFORT is 'High'"),
+        ({"PROMPT_CACHE_TTL": "10m"}, "FLASK_PROMPT_CACHE_TTL is '10m': it takes one of 5m, 1h"),
+    ],
+)
+def test_a_setting_outside_its_values_stops_the_start(settings, refusal):
+    with pytest.raises(config.SettingsError, match=re.escape(refusal)):
+        create_app({"SECRET_KEY": "x", **settings}, background=False)
+
+
+def test_the_settings_values_are_those_the_messages_api_takes():
+    # The strict fake reads the values from the SDK's own types.
+    assert config.CHOICES["THINKING_EFFORT"] == fake_anthropic.EFFORTS
+    assert config.CHOICES["PROMPT_CACHE_TTL"] == (*fake_anthropic.CACHE_TTLS, CACHE_OFF)

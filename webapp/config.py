@@ -2,7 +2,8 @@
 
 The vendor settings keep their own names: REDIS_URL, ANTHROPIC_API_KEY,
 ANTHROPIC_BASE_URL. Every key of DEFAULTS is documented in the README. Settings that
-contradict each other stop the app at start-up with a SettingsError saying which.
+contradict each other, or that are none of the values they take, stop the app at start-up
+with a SettingsError saying which.
 """
 
 import os
@@ -15,6 +16,7 @@ from flask import Flask, current_app
 
 from webapp import lifecycle, quotas, rate_limits
 from webapp.conversations import Lifetimes
+from webapp.llm import PROMPT_CACHE_TTLS, THINKING_EFFORTS
 from webapp.runs import RunSettings
 
 DEFAULTS = {
@@ -155,6 +157,7 @@ def load(app: Flask, overrides: dict | None = None) -> None:
         app.config.update(overrides)
     if app.config["MAX_CONTENT_LENGTH"] is None:
         app.config["MAX_CONTENT_LENGTH"] = body_limit(int(app.config["MAX_MESSAGE_CHARS"]))
+    _check_choices(app.config)
     if app.config["REDIS_SENTINELS"]:
         _check_sentinel_settings(app.config)
         app.config["REDIS_SENTINELS"] = sentinel_addresses(app.config["REDIS_SENTINELS"])
@@ -164,6 +167,20 @@ def load(app: Flask, overrides: dict | None = None) -> None:
 
 class SettingsError(ValueError):
     """Settings the app cannot start with; the message names them and says why."""
+
+
+CHOICES = {"THINKING_EFFORT": THINKING_EFFORTS, "PROMPT_CACHE_TTL": PROMPT_CACHE_TTLS}
+"""The settings that take one of a few values, with those values."""
+
+
+def _check_choices(config: dict) -> None:
+    """Refuse a setting that is none of the values it takes (the API would refuse every
+    reply sent with it)."""
+    for name, values in CHOICES.items():
+        if config[name] not in values:
+            raise SettingsError(
+                f"FLASK_{name} is {config[name]!r}: it takes one of {', '.join(values)}"
+            )
 
 
 def _check_sentinel_settings(config: dict) -> None:

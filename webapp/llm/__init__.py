@@ -20,6 +20,13 @@ NOTE_INTRODUCTION = (
 )
 
 
+THINKING_EFFORTS = ("low", "medium", "high", "xhigh", "max")
+"""The THINKING_EFFORT setting's values: the Messages API's ``output_config.effort``."""
+CACHE_OFF = "off"
+"""The PROMPT_CACHE_TTL that sends no cache_control."""
+PROMPT_CACHE_TTLS = ("5m", "1h", CACHE_OFF)
+"""The PROMPT_CACHE_TTL setting's values: a ``cache_control``'s ttl, or none."""
+
 END_TURN, MAX_TOKENS, REFUSAL = "end_turn", "max_tokens", "refusal"
 """The stop reasons a reply's meaning depends on (the Messages API's names): it is whole, it
 was cut off at its length limit (Continue carries on), or the model declined (Retry). Any

@@ -16,6 +16,7 @@ import anthropic
 import httpx2
 
 from webapp.llm import (
+    CACHE_OFF,
     END_TURN,
     NOTE_INTRODUCTION,
     Finished,
@@ -56,8 +57,6 @@ SPEND_LIMIT_CODE = "enforced_spend_limit_reached"
 """error.details.error_code of a 429 that no retry helps: the monthly spend cap."""
 SPEND_LIMIT_MESSAGE = "You have reached your specified"
 """How the 400 of a spend limit the organisation set begins ("...API usage limits")."""
-CACHE_OFF = "off"
-"""The PROMPT_CACHE_TTL that sends no cache_control."""
 START_UP_CHECK_SECONDS = 5
 """How long the start-up check of the configured models waits for the API."""
 
