@@ -29,7 +29,7 @@ from webapp.admin import audit, listing
 from webapp.conversations import Message
 from webapp.storage import keys
 from webapp.storage.scan import scan_page
-from webapp.storage.scripts import ALL_SCRIPTS, APPEND_MESSAGE_AND_TOUCH
+from webapp.storage.scripts import ALL_SCRIPTS, APPEND_MESSAGE_AND_TOUCH, RESUME_PARKED_SESSION
 
 SECRET = "cluster-secret"
 PASSWORD = "correct horse battery"
@@ -217,6 +217,42 @@ def test_a_code_for_a_conversation_that_changed_hands_moves_no_index_entry(redis
     assert conversations.get_conversation(redis, conversation_id).owner == "guest:now"
     assert [c.id for c in conversations.list_conversations(redis, "guest:now")] == [conversation_id]
     assert conversations.list_conversations(redis, "user:u2") == []
+
+
+def resumed_by_hand(r, lifetimes):
+    """A conversation of guest:away parked under a code; its id, the code's hash, and a
+    function that runs the resume's script as a redemption by ``visitor`` would."""
+    conversation_id = chat_in(r, "guest:away", lifetimes)
+    conversation = conversations.get_conversation(r, conversation_id)
+    digest = resume_codes.look_up(SECRET, resume_codes.park(r, SECRET, conversation, 600).code)
+    lives = [lifetimes.session_idle, lifetimes.session_max, lifetimes.transcript_retention]
+
+    def resume(visitor):
+        return RESUME_PARKED_SESSION.run(
+            r, keys.conversation_keys(conversation_id), [digest, *lives, "guest:away", visitor]
+        )
+
+    return conversation_id, digest, resume
+
+
+def test_a_resume_sent_again_stands_for_its_visitor_only(redis, lifetimes):
+    _, _, resume = resumed_by_hand(redis, lifetimes)
+    assert resume("user:u1") == [1, 1]
+    assert resume("user:u1") == [2, 1]  # sent again, its answer lost: it resumed already
+    assert resume("user:u2") == [0, 0]  # anyone else: the code was used
+
+
+def test_a_cluster_settles_a_resume_whose_answer_was_lost_once_it_is_sent_again(
+    cluster_redis, lifetimes
+):
+    conversation_id, digest, resume = resumed_by_hand(cluster_redis, lifetimes)
+    resume("user:u1")  # it ran, but its answer, and so the settling after it, was lost
+    assert resume_codes.redeem_for(cluster_redis, digest, "user:u1", lifetimes) == conversation_id
+    listed = conversations.list_conversations(cluster_redis, "user:u1")
+    assert [c.id for c in listed] == [conversation_id]
+    assert conversations.list_conversations(cluster_redis, "guest:away") == []
+    assert cluster_redis.hget(keys.DEADLINES_OWNERS, conversation_id) == "user:u1"
+    assert cluster_redis.hget(keys.METRICS_COUNTERS, metrics.REDEEMED_FIELD) == "1"
 
 
 def settled(r, conversation_id, owners):

@@ -185,7 +185,9 @@ def redeem_for(
     marked used. On a cluster, whose masters hold the indexes and the mirrors apart, the
     settling is a third round trip, as the resume said. Either way an index never lists a
     conversation its owner does not own, and an entry that lost the race to use the code
-    mirrors nothing."""
+    mirrors nothing. A resume sent again after a dropped connection lost its answer finds
+    that it resumed the session already for this visitor: the redemption stands, and is
+    not settled or counted again."""
     try:
         if code is None:
             code = r.hgetall(keys.resume_code(digest))

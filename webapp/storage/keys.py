@@ -24,7 +24,9 @@ def conversation_messages(conversation_id: str) -> str:
 
 
 def conversation_session(conversation_id: str) -> str:
-    """Hash: started_at, expires_at of the working context. TTL: idle time, capped by max age."""
+    """Hash: started_at, expires_at of the working context; while parked, parked_until,
+    code_hash, code_hint; once resumed, resumed_with (the code's hash). TTL: idle time,
+    capped by max age."""
     return f"{PREFIX}:conv:{{{conversation_id}}}:session"
 
 

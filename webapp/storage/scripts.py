@@ -604,10 +604,12 @@ PARK_SESSION = AtomicScript(
 -- KEYS[1..8] the conversation
 -- ARGV[1] the code's keyed hash, ARGV[2] its hint (first group), ARGV[3] code TTL seconds
 -- Returns the hash of the code it replaces ("" for none), or false if the session is gone.
+-- Sent again after its answer was lost, it finds its own code: that replaces nothing.
 if redis.call('EXISTS', KEYS[SESSION]) == 0 then return false end
 local now = now_seconds()
 local ttl = tonumber(ARGV[3])
 local replaced = redis.call('HGET', KEYS[SESSION], 'code_hash') or ''
+if replaced == ARGV[1] then replaced = '' end
 redis.call('HSET', KEYS[SESSION], 'parked_until', now + ttl, 'expires_at', now + ttl,
   'code_hash', ARGV[1], 'code_hint', ARGV[2])
 redis.call('EXPIRE', KEYS[SESSION], ttl)
@@ -626,16 +628,26 @@ RESUME_PARKED_SESSION = AtomicScript(
     + """
 -- Brings a parked session back, whole and sliding again, if it is parked under this code,
 -- and gives the conversation to the one who redeemed it if that is another owner. This is
--- what uses a code once: the session is no longer parked under it.
+-- what uses a code once: the session is no longer parked under it. The session keeps the
+-- code it was resumed with, so that the same redemption sent again (its answer lost) is
+-- told it happened, not that the code was used.
 -- KEYS[1..8] the conversation
 -- ARGV[1] the code's keyed hash, ARGV[2] session idle seconds, ARGV[3] session max seconds,
 -- ARGV[4] retention seconds, ARGV[5] the owner it has, ARGV[6] the owner it gets
--- Returns {1, 1 if it changed hands else 0} if resumed; {0, 0} if it is parked under
--- another code or no longer parked; {-1, 0} if the session is gone.
+-- Returns {1, 1 if it changed hands else 0} if resumed; {2, the same} if this code resumed
+-- it already for the owner it gets; {0, 0} if it is parked under another code or no longer
+-- parked; {-1, 0} if the session is gone.
 if redis.call('EXISTS', KEYS[SESSION]) == 0 then return {-1, 0} end
-if redis.call('HGET', KEYS[SESSION], 'code_hash') ~= ARGV[1] then return {0, 0} end
+local session = redis.call('HMGET', KEYS[SESSION], 'code_hash', 'resumed_with')
+if session[1] ~= ARGV[1] then
+  if session[2] == ARGV[1] and redis.call('HGET', KEYS[META], 'owner') == ARGV[6] then
+    return {2, ARGV[6] ~= ARGV[5] and 1 or 0}
+  end
+  return {0, 0}
+end
 local now = now_seconds()
-redis.call('HSET', KEYS[SESSION], 'started_at', now)  -- a new stretch of the same session
+-- A new stretch of the same session.
+redis.call('HSET', KEYS[SESSION], 'started_at', now, 'resumed_with', ARGV[1])
 slide_session(now, tonumber(ARGV[2]), tonumber(ARGV[3]))
 refresh_transcript(ARGV[4])
 if ARGV[6] ~= ARGV[5] and redis.call('HGET', KEYS[META], 'owner') == ARGV[5] then
@@ -649,11 +661,11 @@ return {1, 0}
 RESUME_AND_SETTLE = AtomicScript(
     _as_write(RESUME_PARKED_SESSION.source)
     + """
--- RESUME_PARKED_SESSION, then, if it resumed, what settles the redemption, in one script
--- where one server holds every key (a cluster sends the settling in a second round trip):
--- the conversation leaves the old owner's index for the new one's if it changed hands
--- (else its entry is kept, its TTL refreshed), its deadlines are mirrored as a session
--- begun a new stretch, and the redemption is counted.
+-- RESUME_PARKED_SESSION, then, if it resumed (not if it had: that run settled it), what
+-- settles the redemption, in one script where one server holds every key (a cluster sends
+-- the settling in a second round trip): the conversation leaves the old owner's index for
+-- the new one's if it changed hands (else its entry is kept, its TTL refreshed), its
+-- deadlines are mirrored as a session begun a new stretch, and the redemption is counted.
 -- KEYS[1..8] the conversation, KEYS[9] the index of the owner it had, KEYS[10] the index of
 -- the owner it may get, KEYS[11..15] the mirrors (see mirror_deadlines), KEYS[16] counters
 -- ARGV[1..6] as RESUME_PARKED_SESSION takes them, ARGV[7] the conversation id, ARGV[8] now
