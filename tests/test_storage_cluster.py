@@ -184,11 +184,16 @@ def test_a_resume_code_parks_then_redeems_once(redis, lifetimes):
         resume_codes.redeem_for(redis, digest, "guest:away", lifetimes)
 
 
+def parked(redis, conversation_id) -> str:
+    """Park the conversation under a new code; the code's hash."""
+    conversation = conversations.get_conversation(redis, conversation_id)
+    return resume_codes.look_up(SECRET, resume_codes.park(redis, SECRET, conversation, 600).code)
+
+
 def redeemed_by(redis, conversation_id, visitor, lifetimes, code_owner=None):
     """Park the conversation under a code, and redeem that code for ``visitor``: as the code
     says, its owner is ``code_owner`` (by default the conversation's)."""
-    conversation = conversations.get_conversation(redis, conversation_id)
-    digest = resume_codes.look_up(SECRET, resume_codes.park(redis, SECRET, conversation, 600).code)
+    digest = parked(redis, conversation_id)
     if code_owner:
         redis.hset(keys.resume_code(digest), "owner", code_owner)
     return resume_codes.redeem_for(redis, digest, visitor, lifetimes)
@@ -223,8 +228,7 @@ def resumed_by_hand(r, lifetimes):
     """A conversation of guest:away parked under a code; its id, the code's hash, and a
     function that runs the resume's script as a redemption by ``visitor`` would."""
     conversation_id = chat_in(r, "guest:away", lifetimes)
-    conversation = conversations.get_conversation(r, conversation_id)
-    digest = resume_codes.look_up(SECRET, resume_codes.park(r, SECRET, conversation, 600).code)
+    digest = parked(r, conversation_id)
     lives = [lifetimes.session_idle, lifetimes.session_max, lifetimes.transcript_retention]
 
     def resume(visitor):

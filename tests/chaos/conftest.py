@@ -29,6 +29,7 @@ from tests.test_run_processes import FORM_BUTTON
 from webapp import conversations
 from webapp.storage import connect
 from webapp.storage.embedded import EmbeddedRedis
+from webapp.storage.scripts import ALL_SCRIPTS
 
 REPLY = (
     "Every chunk of this reply is checkpointed in Redis as it is written, so a crash of the "
@@ -404,3 +405,11 @@ def launch_app(own_redis, claude, tmp_path) -> Iterator[Callable[..., AppServer]
             server.stop()
         finally:
             server.kill()
+
+
+@pytest.fixture
+def scripts_loaded(real_redis):
+    """The app's scripts already on the session's server, so no first EVALSHA answers
+    NOSCRIPT (and a proxy cutting one script's calls sees only EVALSHA)."""
+    for script in ALL_SCRIPTS:
+        real_redis.script_load(script.source)

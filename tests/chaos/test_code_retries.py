@@ -4,7 +4,7 @@ after a dropped connection lost the answer, happen once, and the code does what 
 from tests.chaos.flaky_proxy import FlakyProxy
 from webapp import conversations, metrics, resume_codes
 from webapp.storage import connect, keys
-from webapp.storage.scripts import ALL_SCRIPTS, PARK_SESSION, RESUME_AND_SETTLE
+from webapp.storage.scripts import PARK_SESSION, RESUME_AND_SETTLE
 
 SECRET = "code-retries-secret"
 OWNER, VISITOR = "guest:left", "guest:came-back"
@@ -18,38 +18,27 @@ def parked_code(r, owner, lifetimes) -> tuple[str, str]:
     return conversation_id, resume_codes.look_up(SECRET, issued.code)
 
 
-def load_every_script(r) -> None:
-    """So that the proxy sees only EVALSHA."""
-    for script in ALL_SCRIPTS:
-        r.script_load(script.source)
-
-
-def test_a_park_whose_answer_was_lost_issues_a_code_that_works(real_redis, redis_server, lifetimes):
-    load_every_script(real_redis)
-    first = conversations.create_conversation(real_redis, OWNER, lifetimes)
-    second = conversations.create_conversation(real_redis, OWNER, lifetimes)
+def test_a_park_whose_answer_was_lost_issues_a_code_that_works(
+    real_redis, redis_server, lifetimes, scripts_loaded
+):
     with (
         FlakyProxy(
             redis_server.port, b"EVALSHA", drop_every=2, script=PARK_SESSION.with_indexes.sha
         ) as proxy,
         connect(proxy.url) as client,
     ):
-        resume_codes.park(client, SECRET, conversations.get_conversation(client, first), 600)
+        parked_code(client, OWNER, lifetimes)
         # The second park runs, its answer is lost, and it is sent again: it finds its own
         # code, which it must not take for an older one to withdraw.
-        issued = resume_codes.park(
-            client, SECRET, conversations.get_conversation(client, second), 600
-        )
+        conversation_id, digest = parked_code(client, OWNER, lifetimes)
     assert len(proxy.cut) == 1
-    digest = resume_codes.look_up(SECRET, issued.code)
     assert "used_at" not in real_redis.hgetall(keys.resume_code(digest))
-    assert resume_codes.redeem_for(real_redis, digest, VISITOR, lifetimes) == second
+    assert resume_codes.redeem_for(real_redis, digest, VISITOR, lifetimes) == conversation_id
 
 
 def test_a_redemption_whose_answer_was_lost_stands_and_counts_once(
-    real_redis, redis_server, lifetimes
+    real_redis, redis_server, lifetimes, scripts_loaded
 ):
-    load_every_script(real_redis)
     _, first = parked_code(real_redis, OWNER, lifetimes)
     conversation_id, second = parked_code(real_redis, OWNER, lifetimes)
     with (

@@ -6,7 +6,6 @@ import threading
 import time
 from collections import Counter
 
-import pytest
 import redis as redis_py
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,7 +19,7 @@ from webapp.conversations import (
     read_messages,
 )
 from webapp.storage import connect, keys
-from webapp.storage.scripts import ALL_SCRIPTS, APPEND_MESSAGE_AND_TOUCH
+from webapp.storage.scripts import APPEND_MESSAGE_AND_TOUCH
 
 OWNER = "guest:concurrency"
 JOIN_TIMEOUT_SECONDS = 60
@@ -291,13 +290,6 @@ def evalsha_message_id(command: list[bytes]) -> str:
     """The message id an APPEND_MESSAGE_AND_TOUCH call carries: its first argument."""
     key_count = int(command[2])
     return command[3 + key_count].decode()
-
-
-@pytest.fixture
-def scripts_loaded(real_redis):
-    """The app's scripts already on the server, so no first EVALSHA answers NOSCRIPT."""
-    for script in ALL_SCRIPTS:
-        real_redis.script_load(script.source)
 
 
 def test_appends_retried_after_dropped_replies_are_stored_once(

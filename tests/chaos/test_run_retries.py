@@ -7,7 +7,7 @@ from tests.chaos.flaky_proxy import FlakyProxy
 from webapp import runs
 from webapp.conversations import Message, create_conversation, new_id
 from webapp.storage import connect, keys
-from webapp.storage.scripts import ALL_SCRIPTS, START_RUN
+from webapp.storage.scripts import START_RUN
 
 SETTINGS = runs.RunSettings(
     max_events=100,
@@ -22,15 +22,10 @@ def user_message(text: str) -> Message:
     return Message(id=new_id(), role="user", content=text, created_at=time.time())
 
 
-def conversation(r, lifetimes) -> str:
-    """A conversation on a server that knows every script (so the proxy sees only EVALSHA)."""
-    for script in ALL_SCRIPTS:
-        r.script_load(script.source)
-    return create_conversation(r, "guest:runs", lifetimes)
-
-
-def test_a_run_whose_start_answer_was_lost_is_started_once(real_redis, redis_server, lifetimes):
-    conversation_id = conversation(real_redis, lifetimes)
+def test_a_run_whose_start_answer_was_lost_is_started_once(
+    real_redis, redis_server, lifetimes, scripts_loaded
+):
+    conversation_id = create_conversation(real_redis, "guest:runs", lifetimes)
     another = create_conversation(real_redis, "guest:runs", lifetimes)
     with (
         FlakyProxy(
@@ -57,8 +52,10 @@ def test_a_run_whose_start_answer_was_lost_is_started_once(real_redis, redis_ser
     assert real_redis.llen(keys.conversation_messages(conversation_id)) == 1
 
 
-def test_a_chunk_whose_answer_was_lost_is_written_once(real_redis, redis_server, lifetimes):
-    conversation_id = conversation(real_redis, lifetimes)
+def test_a_chunk_whose_answer_was_lost_is_written_once(
+    real_redis, redis_server, lifetimes, scripts_loaded
+):
+    conversation_id = create_conversation(real_redis, "guest:runs", lifetimes)
     run = runs.start_run(
         real_redis,
         conversation_id,
